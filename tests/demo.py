@@ -1,0 +1,75 @@
+"""Watch one stage work: start its server, run its client against it, stop the server with Ctrl+C.
+
+    python3 tests/demo.py 01_blocking          (or: make -f Makefile.win demo STAGE=01_blocking)
+
+At a terminal you type the lines yourself (Q quits); with no terminal a few sample lines are sent.
+The server's own log lines are shown prefixed with "server| ". On Linux both programs run in Wine.
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+SAMPLE_INPUT = b"Hello, echo server!\nTCP is a byte stream.\nQ\n"
+
+
+def launcher():
+    return [] if os.name == "nt" else ["wine"]
+
+
+def start_server(stage):
+    """Starts the server on a free port; returns (process, port) once it listens."""
+    flags = subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0
+    server = subprocess.Popen(launcher() + [os.path.join(stage, "EchoServ_win.exe"), "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, creationflags=flags)
+    listening = threading.Event()
+    port = []
+
+    def show_log():
+        for raw in server.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            print("server| " + line, flush=True)
+            if line.startswith("Listening on port "):
+                port.append(int(line.split()[-1]))
+                listening.set()
+        listening.set()  # the server ended: stop waiting
+
+    threading.Thread(target=show_log, daemon=True).start()
+    if not listening.wait(60) or not port:
+        server.kill()
+        sys.exit("The server did not start listening (see its output above).")
+    return server, port[0]
+
+
+def stop_server(server):
+    """Ctrl+C, as a user would press it; Ctrl+Break on Windows (a child in its own group)."""
+    server.send_signal(signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def main():
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        sys.exit("Usage: python3 tests/demo.py <stage folder, e.g. 01_blocking>")
+    stage = sys.argv[1].rstrip("/\\")
+    os.environ.setdefault("WINEDEBUG", "-all")
+    server, port = start_server(stage)
+    client = launcher() + [os.path.join(stage, "StableEchoClnt_win.exe"), "127.0.0.1", str(port)]
+    try:
+        if sys.stdin.isatty():
+            code = subprocess.call(client)
+        else:
+            code = subprocess.run(client, input=SAMPLE_INPUT).returncode
+        print("\nclient exited with code %d; stopping the server with Ctrl+C" % code, flush=True)
+    finally:
+        stop_server(server)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
