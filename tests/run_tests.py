@@ -1,0 +1,933 @@
+#!/usr/bin/env python3
+"""run_tests.py - the test suite of the seven echo servers (Python 3 standard library only).
+
+Run it from anywhere (paths are taken from this file's place):
+
+    python3 tests/run_tests.py                   every stage folder that has its two .exe files
+    python3 tests/run_tests.py 01_blocking 05_iocp_basic
+    python3 tests/run_tests.py -k churn -v       only tests whose "STAGE NAME" contains "churn"
+    python3 tests/run_tests.py --exe-dir /tmp/broken 01_blocking
+                                                 test the .exe files of /tmp/broken/01_blocking/
+                                                 instead (to prove that a broken server fails)
+
+`make -f Makefile.win test` builds, then runs it with the stages that exist. On Linux every .exe
+runs through `wine` (the suite keeps one wineserver alive while it runs, if none is running); on Windows,
+directly. It prints one line per test (PASS, FAIL with the reason, SKIP with the reason), one
+timing line per stage, and ends with the line `N passed, N failed, N skipped`; the exit code is 1
+if anything failed.
+
+What it checks, per stage (the contract is /work/shared/CONVENTIONS.md; STAGES below says what
+each stage promises):
+  client_transcript  the stage's client: prompt, "Message from server: <line>", Q / q / end of
+                     input end it with exit 0, a 100 KB line, a last line with no newline
+  client_errors      the client: refused (connect() + Windows text), wrong argument count
+                     (usage), a server that closes early / echoes part / resets (exit 1, text)
+  bad_args           the server: no argument, extra ones, abc, -1, 65536 -> usage, exit 1
+  port_in_use        the server on a port held by another socket -> bind() + text, exit 1
+  binary_echo        1 B to 1 MiB, every byte value, sent while receiving; exactly once (EOF
+                     after a half-close, no extra byte); then 200 messages on one connection
+  half_close         100 KB then SHUT_WR at once: all back, then EOF; 64 KiB..4 MiB sent and
+                     SHUT_WR before reading (the FIN arrives while the echo is backed up):
+                     all back, then EOF; 0 bytes then SHUT_WR: EOF
+  backlog            (01) a second client waits in the backlog until the first leaves
+  concurrent         `limit` clients connected at once, each echoed, twice
+  over_limit         client limit+1 is closed at once, with a log line; the others go on
+  resets             clients reset in the backlog, mid-transfer, while pushing; a new client
+                     is still echoed and the server still runs
+  slow_reader        a client that never reads for 5 s: its pushes stall (< 1 MiB in the
+                     last 2 s, < 64 MiB in all), server VmRSS grows < 32 MiB, another client
+                     is echoed within 1 s all along; then every byte pushed comes back
+  under_load         with 50 clients echoing flat out, a new client's connect + first echo
+                     takes < 1 s (worst of 3), and no loaded client starves
+  burst              1,000 connects at once (4 threads), all connected and echoed
+                     within 15 s
+  churn              300 (06, 07: 2,000) connect/echo/close cycles; for 05-07 the Shutdown
+                     line then counts them exactly; for 07 the pool reused sockets
+  disconnectex_churn (07) churn in disconnectex mode (skipped under Wine: unsupported there)
+  ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
+                     exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
+                     with A = C, and B exact on a run with known traffic
+and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's).
+
+Every wait is bounded and waits for a condition (a log line, a byte, EOF); the only sleeps are
+measuring windows (under_load) or a hold that a correct server passes at any length (half_close).
+"""
+import argparse
+import os
+import random
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (ON_WINDOWS, STOP_LIMIT, EchoLoad, Fail, Server, Skip,  # noqa: E402
+                     Wineserver, connect,
+                     describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
+                     pattern_bytes, push_without_reading, random_bytes, reset, run_program,
+                     stream_slice)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER_EXE, CLIENT_EXE = "EchoServ_win.exe", "StableEchoClnt_win.exe"
+PROMPT = "Input message(Q to quit): "
+ECHOED = "Message from server: "
+SHUTDOWN = re.compile(r"Shutdown: (\d+) accepted, (\d+) closed, (\d+) bytes echoed")
+POOL = re.compile(r"Socket pool: (\d+) sockets created, (\d+) reuses")
+TEST_BUDGET = 300.0  # a test still running after this is reported as failed (and abandoned)
+MiB = 1024 * 1024
+
+
+class Context:
+    """What a test gets: its stage, the two .exe files, a way to start servers that are always
+    stopped afterwards, and a log for -v. A test returns the figures for its PASS line."""
+
+    def __init__(self, stage, exe_dir, verbose):
+        self.stage = stage
+        self.server_exe = os.path.join(exe_dir, stage.name, SERVER_EXE)
+        self.client_exe = os.path.join(exe_dir, stage.name, CLIENT_EXE)
+        self.verbose = verbose
+        self.servers = []
+
+    def server(self, *args):
+        """Starts the stage's server (port 0 unless args say otherwise) and waits for its port."""
+        srv = Server(self.server_exe, args or ("0",))
+        self.servers.append(srv)
+        return srv.start()
+
+    def log(self, text):
+        if self.verbose:
+            print("      " + text, flush=True)
+
+    def cleanup(self):
+        for srv in self.servers:
+            srv.stop()
+
+
+# ============================================================================ helpers of tests
+def free_port():
+    """A port nobody listens on (bound, then closed at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def error_text_problem(stderr, func=None):
+    """None if stderr has a line naming func (or any `name()`) with a Windows error text;
+    otherwise what is wrong. "unknown error" is common/'s fallback when Windows has no text."""
+    text = stderr.decode("utf-8", "replace")
+    for line in text.splitlines():
+        named = func if func and func in line else None
+        if func is None:
+            match = re.search(r"\w+\(\)", line)
+            named = match.group(0) if match else None
+        if named is None:
+            continue
+        if "unknown error" in line.lower():
+            return "no Windows error text, only a number: %r" % line
+        words = [w for w in re.findall(r"[A-Za-z]{3,}", line.replace(named, ""))
+                 if w.lower() not in ("failed", "error", "code")]
+        return None if words else "no error text: %r" % line
+    return "stderr names no %s: %r" % (func or "failing call", text[-300:])
+
+
+def first_difference(expected, actual):
+    for i, (a, b) in enumerate(zip(expected, actual)):
+        if a != b:
+            return "at char %d expected %r, got %r" % (i, expected[i:i + 40], actual[i:i + 40])
+    if len(actual) < len(expected):
+        return "output ends early; missing %r" % expected[len(actual):len(actual) + 60]
+    return "extra output %r" % actual[len(expected):len(expected) + 60]
+
+
+class FakeServer:
+    """A one-connection Python server that misbehaves: it reads one line, then
+    'close' closes, 'partial' sends back 3 bytes and closes, 'reset' resets."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(30)
+        self.port = self.listener.getsockname()[1]
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+            conn.settimeout(30)
+            line = b""
+            while not line.endswith(b"\n"):
+                got = conn.recv(4096)
+                if not got:
+                    break
+                line += got
+            if self.mode == "partial":
+                conn.sendall(line[:3])
+            if self.mode == "reset":
+                reset(conn)
+            else:
+                conn.close()
+        except OSError as err:
+            self.error = err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(30)
+        self.listener.close()
+
+
+def check_graceful_stop(t, srv, result, accepted=None, echoed=None, echoed_between=None):
+    """05-07: exit 0 within 2 s, last line Shutdown with A = C (and A, B as given); 07 also the
+    Socket pool line just before it. Returns (A, C, B, reuses or None)."""
+    if result.seconds is None:
+        raise Fail("still running %.0f s after Ctrl+C (killed)" % STOP_LIMIT)
+    if result.code != 0:
+        raise Fail("exit code %s after Ctrl+C, not 0; last lines: %s" % (result.code, srv.tail()))
+    out = srv.output("stdout")
+    last = out[-1] if out else ""
+    match = SHUTDOWN.fullmatch(last)
+    if not match:
+        raise Fail("the last stdout line is %r, not 'Shutdown: A accepted, C closed, B bytes "
+                   "echoed'" % last)
+    a, c, b = map(int, match.groups())
+    if a != c:
+        raise Fail("%r: accepted %d != closed %d after a clean stop" % (last, a, c))
+    if accepted is not None and a != accepted:
+        raise Fail("%r: the test made exactly %d connections" % (last, accepted))
+    if echoed is not None and b != echoed:
+        raise Fail("%r: the test had exactly %d bytes echoed" % (last, echoed))
+    if echoed_between is not None and not echoed_between[0] <= b <= echoed_between[1]:
+        raise Fail("%r: bytes echoed should be between %d (received by the test) and %d (sent)"
+                   % (last, echoed_between[0], echoed_between[1]))
+    reuses = None
+    if t.stage.socket_pool:
+        before = out[-2] if len(out) > 1 else ""
+        pool = POOL.fullmatch(before)
+        if not pool:
+            raise Fail("the line before Shutdown is %r, not 'Socket pool: N sockets created, "
+                       "R reuses'" % before)
+        reuses = int(pool.group(2))
+    t.log("stopped in %.2f s: %s" % (result.seconds, last))
+    return a, c, b, reuses
+
+
+def connect_clients(t, port, count, message, bound=60.0):
+    """count clients, each connected and echoed once while all the earlier ones stay open
+    (within `bound` seconds in all)."""
+    clients = []
+    deadline = time.monotonic() + bound
+    try:
+        for i in range(count):
+            if time.monotonic() > deadline:
+                raise Fail("only %d of %d clients connected and echoed in %.0f s"
+                           % (i, count, bound))
+            sock = connect(port)
+            clients.append(sock)
+            echo_exact(sock, message(i, 1), 10, "client %d of %d: echo" % (i + 1, count))
+    except BaseException:
+        for sock in clients:
+            sock.close()
+        raise
+    return clients
+
+
+def client_message(i, round_):
+    return ("client %d round %d|" % (i, round_)).encode() * 3 + b"\n"
+
+
+# ============================================================================ the tests
+def test_client_transcript(t):
+    big = bytes(random.Random(3).choice(b"abcdefghijklmnopqrstuvwxyz 0123456789.,;:!?-_()[]")
+                for _ in range(100 * 1024)).decode()
+    cases = [
+        ("Q", b"hello\nhello big world  with spaces\nQ\nnot sent\n",
+         ["hello", "hello big world  with spaces"]),
+        ("end of input", b"one\ntwo three\n", ["one", "two three"]),
+        ("q", b"abc\nq\nnot sent\n", ["abc"]),
+        ("no final newline", b"first\nlast words", ["first", "last words"]),
+        ("100 KB line", big.encode() + b"\nQ\n", [big]),
+    ]
+    srv = t.server()
+    for name, stdin, lines in cases:
+        code, out, err = run_program(t.client_exe, ["127.0.0.1", srv.port], stdin, 30)
+        expected = "".join(PROMPT + ECHOED + line + "\n" for line in lines) + PROMPT
+        actual = out.decode("utf-8", "replace")
+        if code != 0:
+            raise Fail("%s: exit code %s, not 0 (stderr %r)" % (name, code, err[-200:]))
+        if actual != expected:
+            raise Fail("%s: stdout differs, %s" % (name, first_difference(expected, actual)))
+        t.log("%s: ok" % name)
+
+
+def test_client_errors(t):
+    code, _, err = run_program(t.client_exe, ["127.0.0.1", free_port()], b"hello\n")
+    problem = error_text_problem(err, "connect()")
+    if code != 1 or problem:
+        raise Fail("against a closed port: exit code %s, %s" % (code, problem or "(stderr ok)"))
+    t.log("refused: %s" % err.decode().strip())
+    for args in ([], ["127.0.0.1"], ["127.0.0.1", "9", "extra"]):
+        code, _, err = run_program(t.client_exe, args, b"")
+        if code != 1 or b"usage" not in err.lower():
+            raise Fail("with arguments %s: exit code %s, stderr %r (want 1 and a usage line)"
+                       % (args, code, err[-200:]))
+    for mode, what in (("close", "reads the line, then closes"),
+                       ("partial", "echoes 3 bytes, then closes"),
+                       ("reset", "reads the line, then resets")):
+        with FakeServer(mode) as fake:
+            code, out, err = run_program(t.client_exe, ["127.0.0.1", fake.port],
+                                         b"hello world\nsecond line\n", 30)
+        if fake.error:
+            raise Fail("the fake server that %s: %s" % (what, fake.error))
+        problem = error_text_problem(err)
+        if code != 1 or problem:
+            raise Fail("against a server that %s: exit code %s, %s"
+                       % (what, code, problem or "(stderr ok)"))
+        if ECHOED.encode() in out:
+            raise Fail("against a server that %s: it printed an echo: %r" % (what, out[-200:]))
+        t.log("%s: %s" % (mode, err.decode().strip()))
+
+
+def test_clients_identical(stages):
+    reference = os.path.join(REPO, "01_blocking", "StableEchoClnt_win.c")
+    if not os.path.exists(reference):
+        raise Skip("01_blocking/StableEchoClnt_win.c does not exist")
+    with open(reference, "rb") as f:
+        expected = f.read()
+    compared = []
+    for stage in stages:
+        path = os.path.join(REPO, stage.name, "StableEchoClnt_win.c")
+        if stage.name == "01_blocking" or not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            if f.read() != expected:
+                raise Fail("%s/StableEchoClnt_win.c differs from 01_blocking's" % stage.name)
+        compared.append(stage.name[:2])
+    return "01 = " + (", ".join(compared) if compared else "(no other stage yet)")
+
+
+def test_bad_args(t):
+    bad = [[], ["abc"], ["-1"], ["65536"], ["80x"]]
+    if t.stage.modes:
+        bad += [["0", "bogus"], ["0", t.stage.modes[0], "extra"]]
+    else:
+        bad += [["0", "extra"]]
+    for args in bad:
+        code, out, err = run_program(t.server_exe, args, timeout=20)
+        if code != 1 or b"usage" not in err.lower():
+            raise Fail("with arguments %s: exit code %s, stderr %r (want 1 and a usage line)"
+                       % (args, code, err[-200:]))
+    for mode in t.stage.modes:  # the valid second arguments start a working server
+        srv = t.server("0", mode)
+        with connect(srv.port) as sock:
+            echo_exact(sock, b"mode %s\n" % mode.encode(), 10, "in mode %s, echo" % mode)
+        srv.stop()
+    return "%d bad argument lists refused" % len(bad)
+
+
+def test_port_in_use(t):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("0.0.0.0", 0))  # no SO_REUSEADDR
+        holder.listen(5)
+        port = holder.getsockname()[1]
+        code, out, err = run_program(t.server_exe, [port], timeout=20)
+    if b"Listening" in out:
+        raise Fail("it printed %r on a port that is in use" % out.strip())
+    problem = error_text_problem(err, "bind()")
+    if code != 1 or problem:
+        raise Fail("exit code %s, %s" % (code, problem or "(stderr ok)"))
+    return err.decode().strip()
+
+
+def test_binary_echo(t):
+    sizes = [1, 2, 255, 4096, 4097, 65536, 65537, MiB]
+    srv = t.server()
+    for size in sizes:
+        data = pattern_bytes(size, seed=size)
+        with connect(srv.port) as sock:
+            seconds = echo_exact(sock, data, 30, "echo")
+            sock.shutdown(socket.SHUT_WR)  # exactly once: nothing more, then the server's close
+            expect_eof(sock, 10, "after echoing %d bytes and a half-close, the server" % size)
+        t.log("%d bytes in %.3f s" % (size, seconds))
+    rng = random.Random(7)
+    with connect(srv.port) as sock:
+        for n in range(200):
+            data = random_bytes(rng.randint(1, 3000), n)
+            echo_exact(sock, data, 10, "message %d of 200 on one connection" % (n + 1))
+    srv.check_alive()
+
+
+def test_half_close(t):
+    srv = t.server()
+    # 1. 100 KB, SHUT_WR right after the last byte, reading all along
+    data = random_bytes(100 * 1024, 5)
+    with connect(srv.port) as sock:
+        result = exchange(sock, data, 20, shutdown_after_send=True, until_eof=True)
+    check_half_close("100 KB", data, result)
+    # 2. the FIN arrives while the server still has echo to send: the client's receive buffer is
+    #    small and it does not read until it has sent everything and half-closed, then holds
+    #    0.3 s (a hold, not a synchronisation: a correct server passes however long it is)
+    for size in (64 * 1024, 256 * 1024, MiB, 4 * MiB):
+        data = random_bytes(size, size)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", srv.port))
+            pushed = push_without_reading(sock, data, 5.0, len(data), stop_when_blocked=0.3)
+            if pushed == len(data):
+                sock.shutdown(socket.SHUT_WR)
+                time.sleep(0.3)
+            result = exchange(sock, data[pushed:], 60, expect=len(data),
+                              shutdown_after_send=pushed < len(data), until_eof=True)
+        check_half_close("%d KiB (%d KiB of it pushed before reading)"
+                         % (size // 1024, pushed // 1024), data, result)
+    # 3. nothing at all
+    with connect(srv.port) as sock:
+        result = exchange(sock, b"", 10, shutdown_after_send=True, until_eof=True)
+    check_half_close("0 bytes", b"", result)
+    srv.check_alive()
+
+
+def check_half_close(what, data, result):
+    received = bytes(result.received)
+    if received != data:
+        raise Fail("%s then a half-close: %s%s" % (what, describe_mismatch(data, received),
+                                                   " (%s)" % result.error if result.error else ""))
+    if not result.eof:
+        raise Fail("%s then a half-close: all came back, then %s instead of EOF"
+                   % (what, result.error or "no close within the time limit"))
+
+
+def test_backlog(t):
+    srv = t.server()
+    with connect(srv.port) as first, connect(srv.port) as second:
+        echo_exact(first, b"first client\n", 10, "first client: echo")
+        message = b"second client, waiting\n"
+        second.sendall(message)
+        early = exchange(second, b"", 0.5, expect=1)  # it must not be served yet
+        if early.received or early.eof or early.error:
+            raise Fail("the second client was served or closed while the first was connected "
+                       "(got %r)" % bytes(early.received))
+        echo_exact(first, b"first client again\n", 10, "first client, after the second came")
+        first.close()
+        late = exchange(second, b"", 10, expect=len(message))
+        if bytes(late.received) != message:
+            raise Fail("after the first client left, the second one: %s"
+                       % describe_mismatch(message, bytes(late.received)))
+        return "second client echoed %.3f s after the first left" % late.seconds
+
+
+def test_concurrent(t):
+    limit = t.stage.limit
+    srv = t.server()
+    started = time.monotonic()
+    clients = connect_clients(t, srv.port, limit, client_message)
+    try:
+        for i, sock in enumerate(clients):  # all still served, in any order
+            echo_exact(sock, client_message(i, 2), 10, "client %d, second round" % (i + 1))
+        srv.check_alive()
+    finally:
+        for sock in clients:
+            sock.close()
+    return "%d clients at once in %.1f s" % (limit, time.monotonic() - started)
+
+
+def test_over_limit(t):
+    limit = t.stage.limit
+    srv = t.server()
+    clients = connect_clients(t, srv.port, limit, client_message)
+    try:
+        mark = srv.mark()
+        try:
+            extra = connect(srv.port)
+        except OSError as err:
+            raise Fail("client %d could not connect (%s); it should be accepted, then closed"
+                       % (limit + 1, err))
+        with extra:
+            try:
+                extra.sendall(b"one too many\n")
+            except OSError:
+                pass  # already reset by the server: fine
+            closed = expect_eof(extra, 5, "for client %d (over the limit), the server" % (limit + 1))
+        how = "reset" if closed.error else "EOF"
+        # its log line: a new line about no earlier client (those may still be arriving)
+        earlier = set(sock.getsockname()[1] for sock in clients)
+        line = srv.wait_for(lambda text: text if not earlier & set(
+            int(port) for port in re.findall(r":(\d+)\b", text)) else None,
+            5, after=mark, streams=("stdout", "stderr"))
+        if line is None:
+            raise Fail("client %d was closed (%s) but the server logged no line" % (limit + 1, how))
+        t.log("over the limit: %s after %.3f s; log: %s" % (how, closed.seconds, line))
+        for i, sock in enumerate(clients):
+            echo_exact(sock, client_message(i, 2), 10,
+                       "client %d, after the over-limit one" % (i + 1))
+        srv.check_alive()
+    finally:
+        for sock in clients:
+            sock.close()
+    return "client %d closed (%s) in %.2f s, log %r" % (limit + 1, how, closed.seconds, line)
+
+
+def test_resets(t):
+    srv = t.server()
+    # 1. resets of connections the server has not accepted yet (on 01 surely: it is busy)
+    with connect(srv.port) as holder:
+        echo_exact(holder, b"holder 1\n", 10, "holder: echo")
+        for _ in range(10):
+            reset(connect(srv.port))
+        echo_exact(holder, b"holder 2\n", 10, "holder after 10 backlog resets: echo")
+    # 2. resets in the middle of a big transfer, one at a time
+    for i in range(3):
+        data = random_bytes(MiB, 100 + i)
+        sock = connect(srv.port)
+        got = exchange(sock, data, 15, expect=64 * 1024)
+        reset(sock)
+        received = bytes(got.received)
+        if len(received) < 64 * 1024 or received != data[:len(received)]:
+            raise Fail("client %d of the mid-transfer resets, before its reset: %s%s"
+                       % (i + 1, describe_mismatch(data[:64 * 1024], received[:64 * 1024]),
+                          " (%s)" % got.error if got.error else ""))
+    # 3. several clients push without reading, then all reset at once
+    block = random_bytes(256 * 1024, 11)
+    socks = [connect(srv.port) for _ in range(5)]
+    for sock in socks:
+        push_without_reading(sock, block, 2.0, len(block), stop_when_blocked=0.3)
+    for sock in socks:
+        reset(sock)
+    # afterwards a new client is served correctly
+    data = random_bytes(64 * 1024, 12)
+    with connect(srv.port) as sock:
+        echo_exact(sock, data, 20, "after the resets, a new client's echo")
+        sock.shutdown(socket.SHUT_WR)
+        expect_eof(sock, 10, "after the resets, the server")
+    srv.check_alive()
+    return "%d error lines logged" % len(srv.output("stderr"))
+
+
+def test_slow_reader(t):
+    srv = t.server()
+    block = random_bytes(MiB + 13, 21)
+    limit_push, limit_rss, stall_limit, seconds = 64 * MiB, 32 * MiB // 1024, 1 * MiB, 5.0
+    with connect(srv.port) as good, connect(srv.port) as slow:
+        echo_exact(good, b"warm up\n", 10, "client B: echo")
+        echo_exact(slow, b"warm up\n", 10, "client A: echo")
+        rss_before = srv.rss_kib()
+        pushed, progress = [0], []
+        pusher = threading.Thread(target=lambda: pushed.__setitem__(
+            0, push_without_reading(slow, block, seconds, limit_push + 1, progress=progress)),
+            daemon=True)
+        pusher.start()
+        latencies = []
+        while pusher.is_alive():
+            latencies.append(echo_exact(good, b"B %d\n" % len(latencies), 5,
+                                        "client B while A does not read: echo"))
+        pusher.join()
+        rss_after = srv.rss_kib()
+        srv.check_alive()
+        if pushed[0] > limit_push:
+            raise Fail("client A pushed more than %d MiB in %.0f s without reading: the server "
+                       "buffers without limit" % (limit_push // MiB, seconds))
+        # With backpressure A's pushes stall once the buffers on the way are full (well within
+        # a second here); a server that keeps reading lets A push on at full speed.
+        at_3s = max([n for when, n in progress if when <= seconds - 2.0] or [0])
+        if pushed[0] - at_3s > stall_limit:
+            raise Fail("client A, never reading, still pushed %.1f MiB in the last 2 s (%.1f MiB "
+                       "in all): the server keeps reading it, with no backpressure"
+                       % ((pushed[0] - at_3s) / MiB, pushed[0] / MiB))
+        growth = None
+        if rss_before is not None and rss_after is not None:
+            growth = rss_after - rss_before
+            if growth > limit_rss:
+                raise Fail("the server grew by %.1f MiB (VmRSS %d -> %d KiB) while A pushed "
+                           "%.1f MiB without reading" % (growth / 1024, rss_before, rss_after,
+                                                          pushed[0] / MiB))
+        worst = max(latencies)
+        if worst >= 1.0:
+            raise Fail("client B waited %.2f s for an echo while A was not reading" % worst)
+        # every byte A pushed comes back, in order, exactly once
+        got = exchange(slow, b"", 60, expect=pushed[0])
+        received = bytes(got.received)
+        if received != stream_slice(block, 0, len(received)) or len(received) < pushed[0]:
+            raise Fail("client A, reading at last: %s"
+                       % describe_mismatch(stream_slice(block, 0, pushed[0]), received))
+        slow.shutdown(socket.SHUT_WR)
+        expect_eof(slow, 10, "client A after reading all: the server")
+    return ("A pushed %.1f MiB, server RSS %s, B: %d echoes, worst %.3f s"
+            % (pushed[0] / MiB, "+%.1f MiB" % (growth / 1024) if growth is not None else
+               "not measured", len(latencies), worst))
+
+
+def test_under_load(t):
+    srv = t.server()
+    load = EchoLoad(srv.port, 50, size=256)
+    load.start()
+    try:
+        if not load.all_served.wait(15):
+            raise Fail("of 50 load clients only %d got an echo within 15 s%s"
+                       % (sum(1 for c in load.counts if c), ": " + load.errors[0]
+                          if load.errors else ""))
+        before, started = load.snapshot(), time.monotonic()
+        times = []
+        for n in range(3):
+            t0 = time.monotonic()
+            with connect(srv.port) as sock:
+                echo_exact(sock, b"new client %d under load\n" % n, 10, "new client: echo")
+            times.append(time.monotonic() - t0)
+        window = 2.0 - (time.monotonic() - started)  # a measuring window, not a synchronisation
+        if window > 0:
+            time.sleep(window)
+        after = load.snapshot()
+        seconds = time.monotonic() - started
+    finally:
+        load.stop()
+    if load.errors:
+        raise Fail(load.errors[0])
+    progress = [b - a for a, b in zip(before, after)]
+    starved = [i for i, p in enumerate(progress) if p == 0]
+    if starved:
+        raise Fail("load clients %s got no echo in %.1f s (starved) while others got up to %d"
+                   % (starved[:10], seconds, max(progress)))
+    worst = max(times)
+    summary = ("new client connect+echo worst %.3f s of %s; load %d round trips/s, per client "
+               "%d..%d" % (worst, ", ".join("%.3f" % x for x in times), sum(progress) / seconds,
+                           min(progress), max(progress)))
+    if worst >= 1.0:
+        raise Fail(summary)
+    srv.check_alive()
+    return summary
+
+
+def test_burst(t):
+    count, threads, bound = 1000, 4, 15.0  # PITFALLS: with listen(s, 5), 100-153 of 1,000 in 15 s
+    srv = t.server()
+    socks, errors = [None] * count, []
+    message = lambda i: b"burst client %d\n" % i  # noqa: E731
+    started = time.monotonic()
+    deadline = started + bound
+
+    def connect_some(first):
+        for i in range(first, count, threads):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                errors.append("client %d: not connected within %.0f s" % (i + 1, bound))
+                return
+            try:
+                sock = connect(srv.port, remaining)
+                sock.sendall(message(i))
+                socks[i] = sock
+            except OSError as err:
+                errors.append("client %d: %s" % (i + 1, err))
+
+    workers = [threading.Thread(target=connect_some, args=(k,), daemon=True)
+               for k in range(threads)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(bound + 15)
+        connected = time.monotonic() - started
+        if errors or any(worker.is_alive() for worker in workers):
+            raise Fail("of %d connects %d failed or were late (%.1f s), first: %s"
+                       % (count, count - sum(1 for s in socks if s is not None), connected,
+                          errors[0] if errors else "still connecting"))
+        for i, sock in enumerate(socks):
+            got = exchange(sock, b"", max(deadline - time.monotonic(), 0.01),
+                           expect=len(message(i)))
+            if bytes(got.received) != message(i):
+                raise Fail("client %d of the burst, %.1f s after the start: %s%s"
+                           % (i + 1, time.monotonic() - started,
+                              describe_mismatch(message(i), bytes(got.received)),
+                              " (%s)" % got.error if got.error else ""))
+        srv.check_alive()
+    finally:
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+    return "%d connected in %.1f s, all echoed in %.1f s (limit %.0f s)" % (
+        count, connected, time.monotonic() - started, bound)
+
+
+def churn(t, cycles, *args, bound=120.0):
+    srv = t.server(*args)
+    started, total = time.monotonic(), 0
+    for i in range(cycles):
+        if time.monotonic() - started > bound:
+            raise Fail("only %d of %d cycles in %.0f s" % (i, cycles, bound))
+        message = b"churn cycle %d " % i + pattern_bytes(100, i)
+        with connect(srv.port) as sock:
+            echo_exact(sock, message, 10, "cycle %d of %d: echo" % (i + 1, cycles))
+        total += len(message)
+    seconds = time.monotonic() - started
+    summary = "%d cycles, %.0f/s" % (cycles, cycles / seconds)
+    if t.stage.graceful:
+        result = srv.stop()
+        reuses = check_graceful_stop(t, srv, result, accepted=cycles, echoed=total)[3]
+        if reuses is not None:
+            if reuses <= 0:
+                raise Fail("after %d cycles the socket pool reused no socket (%r)"
+                           % (cycles, srv.output("stdout")[-2]))
+            summary += ", %d reuses" % reuses
+    return summary
+
+
+def test_churn(t):
+    return churn(t, t.stage.churn_cycles)
+
+
+def test_disconnectex_churn(t):
+    if not ON_WINDOWS:
+        raise Skip("Wine 8's DisconnectEx does not reuse sockets "
+                   "(Reusing socket not supported yet)")
+    return churn(t, t.stage.churn_cycles, "0", "disconnectex")
+
+
+def test_ctrl_c(t):
+    srv = t.server()
+    busy, idle = connect(srv.port), connect(srv.port)
+    try:
+        echo_exact(busy, b"busy client\n", 10, "busy client: echo")
+        received = sent = len(b"busy client\n")
+        if t.stage.limit:  # on 01 the second client waits in the backlog: it stays idle there
+            echo_exact(idle, b"idle client\n", 10, "idle client: echo")
+            received += len(b"idle client\n")
+            sent += len(b"idle client\n")
+        block = random_bytes(MiB, 31)
+        sent += push_without_reading(busy, block, 3.0, 8 * MiB, stop_when_blocked=0.3)
+        result = srv.stop()
+    finally:
+        idle.close()
+        busy.close()
+    if result.had_exited:
+        raise Fail("the server had died before Ctrl+C: %s" % srv.tail())
+    if result.seconds is None:
+        raise Fail("still running 2 s after Ctrl+C with a client mid-transfer (killed)")
+    summary = "stopped in %.2f s" % result.seconds
+    if t.stage.graceful:
+        check_graceful_stop(t, srv, result, accepted=2, echoed_between=(received, sent))
+        # a run with known traffic only: every count exact
+        srv = t.server()
+        total = 0
+        for i in range(5):
+            data = random_bytes(10000 * (i + 1), 40 + i)
+            with connect(srv.port) as sock:
+                echo_exact(sock, data, 10, "known traffic, client %d" % (i + 1))
+            total += len(data)
+        result = srv.stop()
+        check_graceful_stop(t, srv, result, accepted=5, echoed=total)
+        summary += "; known traffic: %s" % srv.output("stdout")[-1]
+    return summary
+
+
+# ============================================================================ the stages
+class Stage:
+    """What a stage promises. limit: clients served at once (None: one at a time, by design);
+    graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments."""
+
+    def __init__(self, name, limit, graceful, churn_cycles=300, modes=(), socket_pool=False):
+        self.name, self.limit, self.graceful = name, limit, graceful
+        self.churn_cycles, self.modes, self.socket_pool = churn_cycles, modes, socket_pool
+
+
+STAGES = [
+    Stage("01_blocking", limit=None, graceful=False),
+    Stage("02_nonblocking_select", limit=63, graceful=False),
+    Stage("03_overlapped_event", limit=63, graceful=False),
+    Stage("04_completion_routine", limit=1000, graceful=False),
+    Stage("05_iocp_basic", limit=1000, graceful=True),
+    Stage("06_iocp_acceptex", limit=1000, graceful=True, churn_cycles=2000),
+    Stage("07_socket_pool", limit=1000, graceful=True, churn_cycles=2000,
+          modes=("transmitfile", "disconnectex"), socket_pool=True),
+]
+
+
+def one_at_a_time(stage):
+    return "serves one client at a time by design" if stage.limit is None else True
+
+
+# (name, function, applies): applies(stage) is True (run), a string (skip, that is why) or
+# False (not listed for that stage).
+TESTS = [
+    ("client_transcript", test_client_transcript, lambda s: True),
+    ("client_errors", test_client_errors, lambda s: True),
+    ("bad_args", test_bad_args, lambda s: True),
+    ("port_in_use", test_port_in_use, lambda s: True),
+    ("binary_echo", test_binary_echo, lambda s: True),
+    ("half_close", test_half_close, lambda s: True),
+    ("backlog", test_backlog, lambda s: s.limit is None),
+    ("concurrent", test_concurrent,
+     lambda s: "serves one client at a time by design (see backlog)" if s.limit is None
+     else True),
+    ("over_limit", test_over_limit, lambda s: "no over-limit rule" if s.limit is None else True),
+    ("resets", test_resets, lambda s: True),
+    ("slow_reader", test_slow_reader, one_at_a_time),
+    ("under_load", test_under_load, one_at_a_time),
+    ("burst", test_burst,
+     lambda s: True if s.limit and s.limit >= 1000 else
+     "burst needs 1,000 clients at once; this stage's limit is %s" % (s.limit or 1)),
+    ("churn", test_churn, lambda s: True),
+    ("disconnectex_churn", test_disconnectex_churn, lambda s: "disconnectex" in s.modes),
+    ("ctrl_c", test_ctrl_c, lambda s: True),
+]
+
+
+# ============================================================================ main
+class Results:
+    def __init__(self):
+        self.passed = self.failed = self.skipped = 0
+
+    def report(self, verdict, name, seconds=None, detail=""):
+        if verdict == "PASS":
+            self.passed += 1
+        elif verdict == "FAIL":
+            self.failed += 1
+        else:
+            self.skipped += 1
+        timing = " (%.1f s)" % seconds if seconds is not None and verdict != "SKIP" else ""
+        sep = " - " if verdict == "PASS" else ": "
+        print("%s %s%s%s" % (verdict, name, timing, sep + detail if detail else ""), flush=True)
+
+
+def run_guarded(function, *args):
+    """Runs function in a thread with a time budget. Returns (verdict, detail)."""
+    outcome = {}
+
+    def body():
+        try:
+            outcome["detail"] = function(*args) or ""
+            outcome["verdict"] = "PASS"
+        except Skip as skip:
+            outcome.update(verdict="SKIP", detail=str(skip))
+        except Fail as fail:
+            outcome.update(verdict="FAIL", detail=str(fail))
+        except Exception as err:  # a broken test or an unexpected socket error: a failure
+            outcome.update(verdict="FAIL", detail="%s: %s" % (type(err).__name__, err))
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(TEST_BUDGET)
+    if thread.is_alive():
+        return "FAIL", "did not finish within %.0f s (abandoned)" % TEST_BUDGET
+    return outcome.get("verdict", "FAIL"), outcome.get("detail", "the test raised no result")
+
+
+def selected(name, patterns):
+    return not patterns or any(p in name for p in patterns)
+
+
+def run_stage(stage, exe_dir, args, results):
+    missing = [exe for exe in (SERVER_EXE, CLIENT_EXE)
+               if not os.path.isfile(os.path.join(exe_dir, stage.name, exe))]
+    if missing:
+        results.report("FAIL", "%s build" % stage.name, None,
+                       "missing %s (run make -f Makefile.win)" % ", ".join(missing))
+        return
+    started, count = time.monotonic(), 0
+    for name, function, applies in TESTS:
+        full = "%s %s" % (stage.name, name)
+        verdict = applies(stage)
+        if verdict is False or not selected(full, args.k):
+            continue
+        count += 1
+        if verdict is not True:
+            results.report("SKIP", full, None, verdict)
+            continue
+        t = Context(stage, exe_dir, args.verbose)
+        t0 = time.monotonic()
+        try:
+            verdict, detail = run_guarded(function, t)
+            if verdict == "FAIL":
+                for srv in t.servers:  # a server that died explains most failures
+                    if srv.stopped is None and srv.proc is not None and not srv.alive():
+                        detail += " [the server had exited with code %s; last lines: %s]" % (
+                            srv.proc.returncode, srv.tail())
+        finally:
+            t.cleanup()
+        if verdict == "FAIL" and args.verbose:
+            for srv in t.servers:
+                detail += "\n      server log: " + srv.tail(12)
+        if verdict == "PASS" and not args.verbose:
+            detail = detail if function in SHOW_FIGURES else ""
+        results.report(verdict, full, time.monotonic() - t0, detail)
+    if count:
+        print("# %s: %d tests in %.1f s" % (stage.name, count, time.monotonic() - started),
+              flush=True)
+
+
+# PASS lines of these tests carry their figures even without -v.
+SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_slow_reader, test_over_limit}
+
+
+def raise_fd_limit():
+    try:
+        import resource
+    except ImportError:
+        return  # Windows: no such limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stages", nargs="*", metavar="STAGE",
+                        help="stage folders to test (default: every one with both .exe files)")
+    parser.add_argument("-k", action="append", default=[], metavar="SUBSTRING",
+                        help="run only tests whose 'STAGE NAME' contains it (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print details")
+    parser.add_argument("--exe-dir", default=REPO,
+                        help="folder holding NN_name/*.exe (default: the repository)")
+    args = parser.parse_args()
+
+    by_name = {stage.name: stage for stage in STAGES}
+    if args.stages:
+        unknown = [s for s in args.stages if s.rstrip("/\\") not in by_name]
+        if unknown:
+            parser.error("unknown stage %s; the stages are %s" % (", ".join(unknown),
+                                                                  " ".join(by_name)))
+        stages = [by_name[s.rstrip("/\\")] for s in args.stages]
+    else:
+        stages = [s for s in STAGES if all(os.path.isfile(os.path.join(args.exe_dir, s.name, e))
+                                            for e in (SERVER_EXE, CLIENT_EXE))]
+        if not stages:
+            print("no stage has its two .exe files in %s (run make -f Makefile.win)"
+                  % args.exe_dir, file=sys.stderr)
+            return 2
+
+    if not ON_WINDOWS and shutil.which("wine") is None:
+        print("wine is not on PATH: it runs the .exe files on Linux", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    wineserver = Wineserver()
+    wineserver.start()
+    results = Results()
+    try:
+        if selected("clients_identical", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_clients_identical, STAGES)
+            results.report(verdict, "clients_identical", time.monotonic() - t0, detail)
+        for stage in stages:
+            run_stage(stage, args.exe_dir, args, results)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        results.failed += 1
+    finally:
+        kill_leftovers()
+        wineserver.stop()
+    if not results.passed + results.failed + results.skipped:
+        print("no test matched", file=sys.stderr)
+    skipped = ", %d skipped" % results.skipped if results.skipped else ""
+    print("%d passed, %d failed%s" % (results.passed, results.failed, skipped), flush=True)
+    return 1 if results.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
