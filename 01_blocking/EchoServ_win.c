@@ -44,7 +44,7 @@ static unsigned short ParsePort(int argc, char *argv[])
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
     if (ctrlType == CTRL_C_EVENT || ctrlType == CTRL_BREAK_EVENT)
-        printf("Stopping\n");
+        LogLine("Stopping");
     return FALSE;
 }
 
@@ -71,7 +71,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 
     if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
         ErrorHandling("getsockname()");
-    printf("Listening on port %u\n", ntohs(servAdr.sin_port));
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
     return hServSock;
 }
 
@@ -131,12 +131,12 @@ static void ServeClients(SOCKET hServSock)
             continue;
         }
         FormatAddress(&clntAdr, peer, sizeof(peer));
-        printf("Connected client %s\n", peer);
+        LogLine("Connected client %s", peer);
 
         EchoClient(hClntSock);
 
         closesocket(hClntSock);
-        printf("Closed client %s\n", peer);
+        LogLine("Closed client %s", peer);
     }
 }
 
@@ -147,7 +147,6 @@ int main(int argc, char *argv[])
     unsigned short port = ParsePort(argc, argv);
     int err;
 
-    setvbuf(stdout, NULL, _IONBF, 0); /* every log line goes out at once, even into a pipe */
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
     if (err != 0)
         ErrorHandlingCode("WSAStartup()", (DWORD)err);

@@ -58,7 +58,7 @@ static unsigned short ParsePort(int argc, char *argv[])
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
     if (ctrlType == CTRL_C_EVENT || ctrlType == CTRL_BREAK_EVENT)
-        printf("Stopping\n");
+        LogLine("Stopping");
     return FALSE;
 }
 
@@ -90,7 +90,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 
     if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
         ErrorHandling("getsockname()");
-    printf("Listening on port %u\n", ntohs(servAdr.sin_port));
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
     return hServSock;
 }
 
@@ -142,7 +142,7 @@ static BOOL OnReadable(SESSION *session)
 static void CloseSession(SESSION *session)
 {
     closesocket(session->hClntSock);
-    printf("Closed client %s\n", session->peer);
+    LogLine("Closed client %s", session->peer);
     free(session);
 }
 
@@ -164,7 +164,7 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
     if (*numSessions == MAX_CLIENTS) {
         char peer[64];
         FormatAddress(&clntAdr, peer, sizeof(peer));
-        printf("Too many clients (%d): closed %s\n", MAX_CLIENTS, peer);
+        LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, peer);
         closesocket(hClntSock);
         return;
     }
@@ -177,7 +177,7 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
     session->hClntSock = hClntSock;
     FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
     sessions[(*numSessions)++] = session;
-    printf("Connected client %s\n", session->peer);
+    LogLine("Connected client %s", session->peer);
 }
 
 /* The select() loop: one thread, every client. Never returns. */
@@ -226,7 +226,6 @@ int main(int argc, char *argv[])
     unsigned short port = ParsePort(argc, argv);
     int err;
 
-    setvbuf(stdout, NULL, _IONBF, 0); /* every log line goes out at once, even into a pipe */
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
     if (err != 0)
         ErrorHandlingCode("WSAStartup()", (DWORD)err);

@@ -1,5 +1,5 @@
 /*
- * ErrorHandling.h - the error helpers every stage shares.
+ * ErrorHandling.h - the error and log helpers every stage shares.
  *
  * The book's ErrorHandling(message) prints a message and exits. This one also says WHY the call
  * failed: it asks Windows for the error text (FormatMessage), in English so that logs and test
@@ -9,8 +9,9 @@
  *   ErrorHandling("bind()")                 fatal: WSAGetLastError()'s text, exit code 1
  *   ErrorHandlingCode("CreateThread()", e)  fatal: an explicit code (GetLastError(), a GQCS code...)
  *   ReportError("recv()", e)                not fatal: one connection failed; log it and go on
+ *   LogLine("Connected client %s", peer)    one log line on stdout, written whole and at once
  *
- * A line reads:  bind() failed: error 10048 (WSAEADDRINUSE): Only one usage of each socket address...
+ * An error line reads:  bind() failed: error 10048 (WSAEADDRINUSE): Only one usage of each socket...
  *
  * Header-only on purpose: a stage still builds with one command naming one .c file.
  */
@@ -19,8 +20,10 @@
 
 #include <winsock2.h>
 #include <windows.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The codes a socket program meets most, with their names (what to search for) and Windows' own
  * text for them: some systems, Wine among them, have no message text for most Winsock codes. */
@@ -85,17 +88,47 @@ static inline void GetErrorText(DWORD code, char *text, DWORD textSize)
         text[--len] = '\0';
 }
 
+/* Writes one whole line at once and flushes it: lines from several threads never tear each other,
+ * and a pipe (a test, a log collector) sees each line as soon as it is written. (An unbuffered
+ * stream is no substitute: MinGW-w64's C99 printf writes it one character at a time.) */
+static inline void WriteLine(FILE *stream, const char *line)
+{
+    fwrite(line, 1, strlen(line), stream);
+    fflush(stream);
+}
+
+/* One log line on stdout: printf's format and arguments, the newline added here. */
+static inline void LogLine(const char *format, ...)
+{
+    char line[1024];
+    va_list args;
+    int len;
+
+    va_start(args, format);
+    len = vsnprintf(line, sizeof(line) - 1, format, args);
+    va_end(args);
+    if (len < 0)
+        return;
+    if (len > (int)sizeof(line) - 2) /* cut to fit: a log line, never a payload */
+        len = (int)sizeof(line) - 2;
+    line[len] = '\n';
+    line[len + 1] = '\0';
+    WriteLine(stdout, line);
+}
+
 /* A per-connection failure: report it on stderr and return, so the caller closes that connection. */
 static inline void ReportError(const char *funcName, DWORD code)
 {
-    char text[512];
+    char text[512], line[1024];
     const ERROR_INFO *known = FindKnownError(code);
+
     GetErrorText(code, text, sizeof(text));
     if (known != NULL)
-        fprintf(stderr, "%s failed: error %lu (%s): %s\n", funcName, (unsigned long)code, known->name, text);
+        snprintf(line, sizeof(line), "%s failed: error %lu (%s): %s\n", funcName,
+                 (unsigned long)code, known->name, text);
     else
-        fprintf(stderr, "%s failed: error %lu: %s\n", funcName, (unsigned long)code, text);
-    fflush(stderr);
+        snprintf(line, sizeof(line), "%s failed: error %lu: %s\n", funcName, (unsigned long)code, text);
+    WriteLine(stderr, line);
 }
 
 /* A failure the program cannot go on after (start-up): report it and exit with code 1. */
