@@ -1,0 +1,164 @@
+/*
+ * StableEchoClnt_win.c - the echo client that waits for every byte it sent.
+ *
+ * TCP is a byte stream, not a message service: one send() may come back in several recv()s. So
+ * after sending a line the client calls recv() until exactly as many bytes as it sent are back.
+ * The book's version of this loop,
+ *     readLen += recv(hSocket, &message[readLen], BUF_SIZE - 1, 0);
+ * never checks for 0 (the server closed) or SOCKET_ERROR (-1, added to readLen!), asks for more
+ * than is left, and never checks send(). Here every call is checked, recv asks only for what is
+ * still missing, and a line may be any length and hold any byte.
+ *
+ * The same client is used, unchanged, by every stage of the tutorial.
+ *
+ * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o StableEchoClnt_win.exe StableEchoClnt_win.c -lws2_32
+ * Run:   StableEchoClnt_win.exe <IP> <port>
+ */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include "../common/ErrorHandling.h"
+
+#define BUF_SIZE 8192
+
+/* Reads one line from stdin, its '\n' included, into *line (grown as needed).
+ * Returns the line's length, 0 at the end of input. Binary-safe: no str* function. */
+static size_t ReadLine(char **line, size_t *capacity)
+{
+    size_t len = 0;
+    int c;
+
+    while ((c = getchar()) != EOF) {
+        if (len == *capacity) {
+            char *bigger = realloc(*line, *capacity * 2);
+            if (bigger == NULL) {
+                fprintf(stderr, "Out of memory for a line of %lu bytes\n", (unsigned long)len);
+                exit(1);
+            }
+            *line = bigger;
+            *capacity *= 2;
+        }
+        (*line)[len++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    return len;
+}
+
+/* "Q" or "q", alone on its line. */
+static BOOL IsQuit(const char *line, size_t len)
+{
+    if (len == 2 && line[1] == '\n')
+        len = 1;
+    return len == 1 && (line[0] == 'Q' || line[0] == 'q');
+}
+
+/* Connects to ip:port (a name such as "localhost" works too); exits 1 with the reason if it can't. */
+static SOCKET ConnectToServer(const char *ip, const char *port)
+{
+    ADDRINFOA hints, *result, *ai;
+    int err;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    err = getaddrinfo(ip, port, &hints, &result);
+    if (err != 0)
+        ErrorHandlingCode("getaddrinfo()", (DWORD)err);
+
+    for (ai = result; ai != NULL; ai = ai->ai_next) {
+        SOCKET hSocket = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (hSocket == INVALID_SOCKET)
+            ErrorHandling("socket()");
+        if (connect(hSocket, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
+            freeaddrinfo(result);
+            return hSocket;
+        }
+        err = WSAGetLastError(); /* e.g. 10061: nobody listens on that port */
+        closesocket(hSocket);
+    }
+    freeaddrinfo(result);
+    ErrorHandlingCode("connect()", (DWORD)err);
+    return INVALID_SOCKET; /* not reached */
+}
+
+/* send() may take fewer bytes than asked: loop until every byte is out. */
+static void SendAll(SOCKET hSocket, const char *buf, size_t len)
+{
+    while (len > 0) {
+        int chunk = len > INT_MAX ? INT_MAX : (int)len;
+        int sent = send(hSocket, buf, chunk, 0);
+        if (sent == SOCKET_ERROR)
+            ErrorHandling("send()");
+        buf += sent;
+        len -= (size_t)sent;
+    }
+}
+
+/* Receives exactly len bytes: asks only for what is still missing; 0 or an error ends the client. */
+static void RecvExactly(SOCKET hSocket, char *buf, size_t len)
+{
+    size_t readLen = 0;
+
+    while (readLen < len) {
+        size_t missing = len - readLen;
+        int chunk = missing > INT_MAX ? INT_MAX : (int)missing;
+        int strLen = recv(hSocket, buf + readLen, chunk, 0);
+        if (strLen == 0) /* the server closed before echoing everything */
+            ErrorHandlingCode("recv()", WSAEDISCON);
+        if (strLen == SOCKET_ERROR)
+            ErrorHandling("recv()"); /* e.g. 10054: the server reset the connection */
+        readLen += (size_t)strLen;
+    }
+}
+
+int main(int argc, char *argv[])
+{
+    WSADATA wsaData;
+    SOCKET hSocket;
+    size_t capacity = BUF_SIZE, len;
+    char *message;
+    int err;
+
+    if (argc != 3) {
+        fprintf(stderr, "Usage: %s <IP> <port>\n", argv[0]);
+        exit(1);
+    }
+    err = WSAStartup(MAKEWORD(2, 2), &wsaData);
+    if (err != 0)
+        ErrorHandlingCode("WSAStartup()", (DWORD)err);
+    message = malloc(capacity);
+    if (message == NULL) {
+        fprintf(stderr, "Out of memory\n");
+        exit(1);
+    }
+
+    hSocket = ConnectToServer(argv[1], argv[2]);
+
+    for (;;) {
+        fputs("Input message(Q to quit): ", stdout);
+        fflush(stdout);
+        len = ReadLine(&message, &capacity);
+        if (len == 0 || IsQuit(message, len))
+            break;
+
+        SendAll(hSocket, message, len);
+        RecvExactly(hSocket, message, len);
+
+        fputs("Message from server: ", stdout);
+        fwrite(message, 1, len, stdout);
+        if (message[len - 1] != '\n') /* the last line of the input had no newline */
+            putchar('\n');
+        fflush(stdout);
+    }
+
+    free(message);
+    closesocket(hSocket);
+    WSACleanup();
+    return 0;
+}
