@@ -23,6 +23,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
 
 /* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
 static unsigned short ParsePort(int argc, char *argv[])
@@ -127,7 +128,12 @@ static void ServeClients(SOCKET hServSock)
 
         hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
         if (hClntSock == INVALID_SOCKET) {
-            ReportError("accept()", WSAGetLastError()); /* about one connection: go on */
+            int err = WSAGetLastError();
+            ReportError("accept()", err);
+            /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+               Anything else (out of sockets or memory) would fail again at once: wait, not spin. */
+            if (err != WSAECONNRESET && err != WSAENOTCONN)
+                Sleep(ACCEPT_BACKOFF_MS);
             continue;
         }
         FormatAddress(&clntAdr, peer, sizeof(peer));

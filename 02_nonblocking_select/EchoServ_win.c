@@ -28,6 +28,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
 #define MAX_CLIENTS (FD_SETSIZE - 1) /* the listening socket takes one slot of the read set */
 
 /* One connected client. buf holds bytes received and not yet echoed: buf[sendPos..sendLen). */
@@ -157,8 +158,14 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
     hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
     if (hClntSock == INVALID_SOCKET) {
         int err = WSAGetLastError();
-        if (err != WSAEWOULDBLOCK)
-            ReportError("accept()", err); /* about one connection: go on */
+        if (err == WSAEWOULDBLOCK)
+            return; /* nobody waits after all */
+        ReportError("accept()", err);
+        /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+           Anything else (out of sockets or memory) would fail again at once: wait, not spin
+           (the other clients wait too, but the loop would do nothing else). */
+        if (err != WSAECONNRESET && err != WSAENOTCONN)
+            Sleep(ACCEPT_BACKOFF_MS);
         return;
     }
     if (*numSessions == MAX_CLIENTS) {

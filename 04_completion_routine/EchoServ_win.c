@@ -35,6 +35,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
 #define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
 
 /* The one I/O a client has outstanding: a WSARecv into buf, or a WSASend of buf[sendPos..sendLen).
@@ -251,7 +252,12 @@ static void AcceptClient(SOCKET hServSock, HANDLE hIoThread, volatile LONG *numS
 
     hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
     if (hClntSock == INVALID_SOCKET) {
-        ReportError("accept()", WSAGetLastError()); /* about one connection: go on */
+        int err = WSAGetLastError();
+        ReportError("accept()", err);
+        /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+           Anything else (out of sockets or memory) would fail again at once: wait, not spin. */
+        if (err != WSAECONNRESET && err != WSAENOTCONN)
+            Sleep(ACCEPT_BACKOFF_MS);
         return;
     }
     if (*numSessions == MAX_CLIENTS) {
