@@ -8,7 +8,8 @@
  *                    closing, again and again for T seconds; reports connections/s.
  * The result is one line of key=value pairs, for people and for bench/run alike.
  *
- * Portable C: POSIX sockets and poll() on Linux, Winsock and WSAPoll() on Windows (Vista+).
+ * Portable C: POSIX sockets and epoll on Linux (poll() on other POSIX systems), Winsock and
+ * WSAPoll() on Windows (Vista+).
  *   Linux:   cc -O2 -std=c11 -Wall -Wextra -o echo_bench echo_bench.c
  *   Windows: gcc -O2 -std=c11 -Wall -Wextra -o echo_bench.exe echo_bench.c -lws2_32
  *            cl /W4 /O2 echo_bench.c ws2_32.lib
@@ -27,6 +28,9 @@ typedef WSAPOLLFD pollfd_t;
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 #include <fcntl.h>
 #include <unistd.h>
 #include <errno.h>
@@ -98,15 +102,6 @@ static int SetNonBlocking(sock_t s)
 #endif
 }
 
-static int PollSockets(pollfd_t *fds, size_t count, int timeoutMs)
-{
-#ifdef _WIN32
-    return WSAPoll(fds, (ULONG)count, timeoutMs);
-#else
-    return poll(fds, (nfds_t)count, timeoutMs);
-#endif
-}
-
 /* ---- one connection ---- */
 
 typedef struct {
@@ -115,6 +110,7 @@ typedef struct {
     size_t sent, received;
     double started;     /* when its first byte was sent */
     unsigned long seq;
+    int watched;        /* the WAIT_ flags the waiter watches this socket for (epoll) */
 } CONN;
 
 typedef struct {
@@ -195,8 +191,9 @@ static void Fail(CONN *c, STATS *st, const char *what, int err)
     if (st->errors < 10)
         fprintf(stderr, "echo_bench: connection error: %s (%d)\n", what, err);
     st->errors++;
-    CloseSocket(c->sock);
+    CloseSocket(c->sock); /* closing also takes it out of an epoll set */
     c->sock = INVALID_SOCKET;
+    c->watched = 0;
 }
 
 /* Sends what the socket takes now. */
@@ -247,6 +244,7 @@ static void OnReadable(CONN *c, int index, const OPTIONS *opt, STATS *st, int ke
     }
     if (opt->churn) {
         CloseSocket(c->sock);
+        c->watched = 0;
         st->connections += keepGoing ? 1 : 0;
         c->sock = keepGoing ? Connect(opt) : INVALID_SOCKET;
         if (keepGoing && c->sock == INVALID_SOCKET)
@@ -254,10 +252,13 @@ static void OnReadable(CONN *c, int index, const OPTIONS *opt, STATS *st, int ke
     }
     if (!keepGoing && !opt->churn) {
         CloseSocket(c->sock);
+        c->watched = 0;
         c->sock = INVALID_SOCKET;
     }
-    if (c->sock != INVALID_SOCKET)
+    if (c->sock != INVALID_SOCKET) {
         StartMessage(c, index, opt);
+        OnWritable(c, opt, st); /* at once: waiting for poll to say writable costs a whole turn */
+    }
 }
 
 static int CompareDoubles(const void *a, const void *b)
@@ -275,42 +276,132 @@ static double Percentile(const STATS *st, double p)
     return st->latencies[i] * 1000.0;
 }
 
-/* The poll loop shared by both modes. Returns the measured duration. */
-static double Run(CONN *conns, pollfd_t *fds, const OPTIONS *opt, STATS *st)
+/* ---- waiting for sockets ----
+ * epoll on Linux: a wait costs in proportion to the sockets that are ready. poll and WSAPoll: a
+ * wait costs in proportion to all of them; at 1,000 connections with a few ready at a time that
+ * made the load generator itself the bottleneck (measured against bench/xclient.py). */
+
+#define WAIT_READ 1
+#define WAIT_WRITE 2
+
+typedef struct {
+    int index, events; /* a connection, and WAIT_ flags */
+} READY;
+
+typedef struct {
+#ifdef __linux__
+    int epfd;
+    struct epoll_event *events;
+#else
+    pollfd_t *fds;
+#endif
+    READY *ready;
+} WAITER;
+
+static int WaiterInit(WAITER *w, int conns)
+{
+    w->ready = calloc((size_t)conns, sizeof(READY));
+#ifdef __linux__
+    w->epfd = epoll_create1(0);
+    w->events = calloc((size_t)conns, sizeof(struct epoll_event));
+    return w->ready != NULL && w->epfd >= 0 && w->events != NULL;
+#else
+    w->fds = calloc((size_t)conns, sizeof(pollfd_t));
+    return w->ready != NULL && w->fds != NULL;
+#endif
+}
+
+/* Waits until some of the open connections can go on: a connection is watched for reading, and
+ * for writing while part of its message is unsent. Fills w->ready; returns how many are ready
+ * (0 on the timeout), -1 when no connection is open, -2 on an error. */
+static int WaitForSockets(WAITER *w, CONN *conns, int count, size_t size, int timeoutMs)
+{
+    int i, n, open = 0;
+#ifdef __linux__
+    for (i = 0; i < count; i++) {
+        CONN *c = &conns[i];
+        int want = WAIT_READ | (c->sent < size ? WAIT_WRITE : 0);
+        struct epoll_event ev;
+        if (c->sock == INVALID_SOCKET)
+            continue;
+        open++;
+        if (c->watched == want)
+            continue;
+        ev.events = EPOLLIN | (want & WAIT_WRITE ? EPOLLOUT : 0);
+        ev.data.u32 = (unsigned)i;
+        if (epoll_ctl(w->epfd, c->watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->sock, &ev) != 0)
+            return -2;
+        c->watched = want;
+    }
+    if (open == 0)
+        return -1;
+    n = epoll_wait(w->epfd, w->events, count, timeoutMs);
+    if (n < 0)
+        return errno == EINTR ? 0 : -2;
+    for (i = 0; i < n; i++) {
+        unsigned ev = w->events[i].events;
+        w->ready[i].index = (int)w->events[i].data.u32;
+        w->ready[i].events = (ev & (EPOLLIN | EPOLLERR | EPOLLHUP) ? WAIT_READ : 0) |
+                             (ev & EPOLLOUT ? WAIT_WRITE : 0);
+    }
+    return n;
+#else
+    for (i = 0; i < count; i++) {
+        w->fds[i].fd = conns[i].sock;
+        w->fds[i].events = (short)(POLLIN | (conns[i].sent < size ? POLLOUT : 0));
+        w->fds[i].revents = 0;
+        if (conns[i].sock == INVALID_SOCKET) /* poll ignores a negative fd, WSAPoll does not */
+            w->fds[i].events = 0;
+        else
+            open++;
+    }
+    if (open == 0)
+        return -1;
+#ifdef _WIN32
+    n = WSAPoll(w->fds, (ULONG)count, timeoutMs);
+#else
+    n = poll(w->fds, (nfds_t)count, timeoutMs);
+#endif
+    if (n < 0)
+        return -2;
+    for (i = 0, n = 0; i < count; i++) {
+        short ev = w->fds[i].revents;
+        if (conns[i].sock == INVALID_SOCKET || ev == 0)
+            continue;
+        w->ready[n].index = i;
+        w->ready[n].events = (ev & (POLLIN | POLLERR | POLLHUP) ? WAIT_READ : 0) |
+                             (ev & POLLOUT ? WAIT_WRITE : 0);
+        n++;
+    }
+    return n;
+#endif
+}
+
+/* The loop shared by both modes. Returns the measured duration. */
+static double Run(CONN *conns, WAITER *w, const OPTIONS *opt, STATS *st)
 {
     double start = NowSeconds(), end = start + opt->seconds, now = start;
-    int i, open;
+    int i, k, n;
 
-    for (i = 0; i < opt->conns; i++)
+    for (i = 0; i < opt->conns; i++) {
         StartMessage(&conns[i], i, opt);
+        OnWritable(&conns[i], opt, st);
+    }
     do {
-        open = 0;
-        for (i = 0; i < opt->conns; i++) {
-            fds[i].fd = conns[i].sock;
-            fds[i].events = POLLIN;
-            if (conns[i].sock != INVALID_SOCKET && conns[i].sent < (size_t)opt->size)
-                fds[i].events |= POLLOUT;
-            fds[i].revents = 0;
-            if (conns[i].sock == INVALID_SOCKET) /* poll ignores a negative fd, WSAPoll does not */
-                fds[i].events = 0;
-            else
-                open++;
-        }
-        if (open == 0)
-            break;
-        if (PollSockets(fds, (size_t)opt->conns, 100) < 0) {
-            fprintf(stderr, "echo_bench: poll failed (%d)\n", LastSocketError());
+        n = WaitForSockets(w, conns, opt->conns, (size_t)opt->size, 100);
+        if (n == -1)
+            break; /* every connection is closed */
+        if (n == -2) {
+            fprintf(stderr, "echo_bench: waiting for sockets failed (%d)\n", LastSocketError());
             exit(1);
         }
         now = NowSeconds();
-        for (i = 0; i < opt->conns; i++) {
-            CONN *c = &conns[i];
-            if (c->sock == INVALID_SOCKET || fds[i].revents == 0)
-                continue;
-            if (fds[i].revents & POLLOUT)
+        for (k = 0; k < n; k++) {
+            CONN *c = &conns[w->ready[k].index];
+            if (c->sock != INVALID_SOCKET && (w->ready[k].events & WAIT_WRITE))
                 OnWritable(c, opt, st);
-            if (c->sock != INVALID_SOCKET && (fds[i].revents & (POLLIN | POLLERR | POLLHUP)))
-                OnReadable(c, i, opt, st, now < end);
+            if (c->sock != INVALID_SOCKET && (w->ready[k].events & WAIT_READ))
+                OnReadable(c, w->ready[k].index, opt, st, now < end);
         }
     } while (now < end + DRAIN_SECONDS);
 
@@ -326,7 +417,8 @@ static void Usage(void)
             "Usage: echo_bench [--churn] [-h host] [-p port] [-c conns] [-s size] [-t seconds]\n"
             "  echo mode (default): conns connections, each with one size-byte message in flight\n"
             "  --churn: conns at a time, each: connect, echo one message, close, repeat\n"
-            "  defaults: -h 127.0.0.1 -p 9190 -c 10 -s 64 -t 5; limits: -c 1..%d, -s 1..%d, -t 1..%d\n",
+            "  defaults: -h 127.0.0.1 -p 9190 -c 10 -s 64 -t 5; limits: -p 1..65535, -c 1..%d,\n"
+            "  -s 1..%d, -t 1..%d\n",
             MAX_CONNS, MAX_SIZE, MAX_SECONDS);
     exit(2);
 }
@@ -356,8 +448,8 @@ static void ParseOptions(int argc, char *argv[], OPTIONS *opt)
             Usage();
         else if (strcmp(argv[i], "-h") == 0)
             opt->host = argv[++i];
-        else if (strcmp(argv[i], "-p") == 0)
-            opt->port = argv[++i];
+        else if (strcmp(argv[i], "-p") == 0 && ParseInt(argv[i + 1], 1, 65535))
+            opt->port = argv[++i]; /* checked: getaddrinfo would take a service name too */
         else if (strcmp(argv[i], "-c") == 0)
             opt->conns = ParseInt(argv[++i], 1, MAX_CONNS);
         else if (strcmp(argv[i], "-s") == 0)
@@ -374,7 +466,7 @@ int main(int argc, char *argv[])
     OPTIONS opt;
     STATS st;
     CONN *conns;
-    pollfd_t *fds;
+    WAITER waiter;
     double secs;
     int i;
 #ifdef _WIN32
@@ -385,8 +477,7 @@ int main(int argc, char *argv[])
     ParseOptions(argc, argv, &opt);
     memset(&st, 0, sizeof(st));
     conns = calloc((size_t)opt.conns, sizeof(CONN));
-    fds = calloc((size_t)opt.conns, sizeof(pollfd_t));
-    if (conns == NULL || fds == NULL)
+    if (conns == NULL || !WaiterInit(&waiter, opt.conns))
         return 1;
     for (i = 0; i < opt.conns; i++) {
         conns[i].msg = malloc((size_t)opt.size);
@@ -400,7 +491,7 @@ int main(int argc, char *argv[])
         }
     }
 
-    secs = Run(conns, fds, &opt, &st);
+    secs = Run(conns, &waiter, &opt, &st);
     qsort(st.latencies, st.numLatencies, sizeof(double), CompareDoubles);
     printf("mode=%s conns=%d size=%d seconds=%.2f round_trips=%llu rtt_per_s=%.1f mb_per_s=%.3f "
            "p50_ms=%.3f p99_ms=%.3f max_ms=%.3f connections=%llu conn_per_s=%.1f errors=%lu\n",

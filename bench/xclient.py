@@ -28,12 +28,15 @@ stderr. connections is the number of connections made (echo) or completed (churn
 the bytes of counted round trips both ways, in 10^6 bytes. Exit code 0, 1 if any error (connect
 failure, mismatch, reset, early close, timeout), 2 on bad usage.
 
-Design (unlike a C poll loop that scans an array of pollfds each turn): one selectors loop (epoll on
-Linux) that only hands back the sockets that are ready, each socket's state an object attached to
+Design: one selectors loop (epoll on Linux) that only hands back the sockets that are ready, each socket's state an object attached to
 its registration; sockets stay registered for reading, and a message is sent directly with send()
 right after the previous echo completes; write interest is added only while a send is partial.
 Messages are slices of a precomputed pseudo-random buffer passed through one of 256 byte-translation
 tables (bytes.translate), so building and checking one costs no Python loop over its bytes.
+--selector poll swaps epoll for poll(), which scans every socket on each turn as a poll loop does: a
+diagnostic, to see how much the readiness mechanism's own CPU cost (large at 1,000 connections on a
+2-core machine shared with the server) moves the figures. (That is how the cross-check found that
+echo_bench's poll loop was the bottleneck at 1,000 connections; echo_bench now uses epoll on Linux.)
 """
 import errno
 import os
@@ -45,8 +48,11 @@ import time
 
 USAGE = """\
 Usage: xclient.py [--churn] [-h host] [-p port] [-c conns] [-s size] [-t seconds]
+                  [--selector default|epoll|poll|select]
   echo mode (default): conns connections, each with one size-byte message in flight
   --churn: conns at a time, each: connect, echo one message (checked), close, repeat
+  --selector: how readiness is waited for (default: the platform's best, epoll on Linux);
+              poll scans every socket each turn, as a poll loop does (a diagnostic)
   defaults: -h 127.0.0.1 -p 9190 -c 10 -s 64 -t 5; limits: -c 1..2000, -s 1..65536, -t 1..600
 """
 LIMITS = {"-c": (1, 2000), "-s": (1, 65536), "-t": (1, 600), "-p": (1, 65535)}
@@ -64,12 +70,24 @@ def usage_error(why):
 
 
 def parse_args(argv):
-    opts = {"-h": "127.0.0.1", "-p": 9190, "-c": 10, "-s": 64, "-t": 5, "churn": False}
+    opts = {"-h": "127.0.0.1", "-p": 9190, "-c": 10, "-s": 64, "-t": 5, "churn": False,
+            "selector": selectors.DefaultSelector}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--churn":
             opts["churn"] = True
+        elif arg == "--selector":
+            if i + 1 >= len(argv):
+                usage_error("--selector needs a value")
+            i += 1
+            name = argv[i]
+            cls = (selectors.DefaultSelector if name == "default" else
+                   getattr(selectors, name.capitalize() + "Selector", None)
+                   if name in ("epoll", "poll", "select") else None)
+            if cls is None:
+                usage_error("--selector %r is not available here" % name)
+            opts["selector"] = cls
         elif arg == "--help":
             sys.stdout.write(USAGE)
             sys.exit(0)
@@ -141,7 +159,7 @@ class Client:
         self.conns, self.size, self.seconds = opts["-c"], opts["-s"], opts["-t"]
         self.churn = opts["churn"]
         self.messages = Messages(self.size)
-        self.sel = selectors.DefaultSelector()
+        self.sel = opts["selector"]()
         self.errors = 0
         self.reported = 0
         self.round_trips = 0

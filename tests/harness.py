@@ -561,6 +561,34 @@ class EchoLoad(threading.Thread):
             sel.close()
 
 
+# -- waiting for a server to be idle ----------------------------------------------------------
+class ClientCount:
+    """Follows a Server's `Connected client` and `Closed client` lines as they come.
+    wait_until_settled() returns once every client logged as connected has been logged as closed,
+    so that a benchmark run never pays for (or meets) the previous run's connections."""
+
+    def __init__(self, server):
+        self.server, self.seen, self.opened, self.closed = server, 0, 0, 0
+
+    def wait_until_settled(self, timeout):
+        """True once opened == closed; False if that did not happen within timeout seconds (or
+        the server ended first). A condition on the log, not a sleep."""
+        server = self.server
+        deadline = time.monotonic() + timeout
+        with server.cond:
+            while True:
+                for stream, text in server.lines[self.seen:]:
+                    if stream == "stdout" and text.startswith("Connected client"):
+                        self.opened += 1
+                    elif stream == "stdout" and text.startswith("Closed client"):
+                        self.closed += 1
+                self.seen = len(server.lines)
+                remaining = deadline - time.monotonic()
+                if self.opened == self.closed or remaining <= 0 or server.open_streams == 0:
+                    return self.opened == self.closed
+                server.cond.wait(remaining)
+
+
 # -- the wineserver -------------------------------------------------------------------------
 class Wineserver:
     """Keeps one wineserver alive for the suite's Wine processes, so that each does not pay a cold

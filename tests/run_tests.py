@@ -47,8 +47,9 @@ each stage promises):
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
                      with A = C, and B exact on a run with known traffic
-and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's), and
-bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage).
+and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
+and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
 Every wait is bounded and waits for a condition (a log line, a byte, EOF); the only sleeps are
 measuring windows (under_load) or a hold that a correct server passes at any length (half_close).
@@ -311,6 +312,24 @@ def test_bench_smoke(stage_name):
     if proc.returncode != 0 or "bench smoke: ok" not in out:
         raise Fail("bench/run --smoke: exit code %d: %s" % (proc.returncode, out[-500:]))
     return out.splitlines()[-2].strip() if len(out.splitlines()) > 1 else out
+
+
+def test_crosscheck_smoke(stage_name):
+    """bench/crosscheck --smoke: echo_bench and the independent client bench/xclient.py, 1 s each
+    against one stage, every byte checked: neither load client can rot unnoticed."""
+    crosscheck = os.path.join(REPO, "bench", "crosscheck")
+    if not os.path.exists(crosscheck):
+        raise Skip("bench/crosscheck does not exist")
+    try:
+        proc = subprocess.run([sys.executable, crosscheck, "--smoke", stage_name], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+    except subprocess.TimeoutExpired:
+        raise Fail("bench/crosscheck --smoke did not end within 180 s")
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0 or "crosscheck smoke: ok" not in out:
+        raise Fail("bench/crosscheck --smoke: exit code %d: %s" % (proc.returncode, out[-500:]))
+    runs = re.findall(r"(echo_bench|xclient) +run 1: +([\d.]+ \S+)", out)
+    return ", ".join("%s %s" % run for run in runs)
 
 
 def test_clients_identical(stages):
@@ -943,6 +962,10 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_bench_smoke, stages[-1].name)
             results.report(verdict, "bench_smoke", time.monotonic() - t0, detail)
+        if selected("crosscheck_smoke", args.k) and args.exe_dir == REPO:
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_crosscheck_smoke, stages[-1].name)
+            results.report(verdict, "crosscheck_smoke", time.monotonic() - t0, detail)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         results.failed += 1
