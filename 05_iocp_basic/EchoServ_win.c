@@ -200,7 +200,8 @@ static BOOL PostRecv(SESSION *session)
                 &ioData->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
             InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
             return FALSE;
         }
@@ -221,7 +222,8 @@ static BOOL PostSend(SESSION *session)
                 &ioData->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
             InterlockedDecrement(&session->ioCount);
             return FALSE;
         }

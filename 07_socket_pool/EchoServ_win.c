@@ -2,9 +2,11 @@
  * 07_socket_pool/EchoServ_win.c - an IOCP echo server that reuses its sockets.
  *
  * Stage 7 of 7. Stage 6's AcceptEx server, and the sockets come from a pool: a closing session
- * does not closesocket() its socket, it disconnects it for reuse, overlapped, with TransmitFile
- * (TF_DISCONNECT | TF_REUSE_SOCKET) or DisconnectEx (TF_REUSE_SOCKET); when that completes, the
+ * does not closesocket() its socket, it disconnects it for reuse, overlapped, with DisconnectEx
+ * (TF_REUSE_SOCKET) or TransmitFile (TF_DISCONNECT | TF_REUSE_SOCKET); when that completes, the
  * socket goes back to the pool and the next AcceptEx takes it, instead of a new WSASocket().
+ * DisconnectEx is the default: client versions of Windows run at most two TransmitFile calls at
+ * once (Microsoft's TransmitFile page), and under Wine 8 each TransmitFile leaks 64 KiB.
  *
  * The notes' CSocketPool (Init, Alloc, Free under an SRWLOCK) is SOCKET_POOL here. Their bug was
  * the completion key: a socket stays associated with its completion port, under its FIRST key,
@@ -17,12 +19,12 @@
  *   - TransmitFile/DisconnectEx returning TRUE and FALSE with ERROR_IO_PENDING both mean a
  *     completion will come; only another error means none (the socket is closed then).
  *   - AcceptEx takes only a socket that is not connected: after the disconnect SO_CONNECT_TIME
- *     must say so, or the socket is closed (Wine 8 ignores TransmitFile's flags).
+ *     must say so, or the socket is closed (Wine 8 reuses none: see the README).
  *   - the stop of 06, with the pending disconnects cancelled too, and every pooled socket closed
  *     once; the last lines count the sockets made and reused.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
- * Run:   EchoServ_win.exe <port> [transmitfile|disconnectex]   (0 picks a free port)
+ * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)
  */
 #include <winsock2.h>
 #include <ws2tcpip.h>
@@ -94,7 +96,7 @@ typedef struct SERVER {
     LPFN_GETACCEPTEXSOCKADDRS pfnGetAcceptExSockaddrs;
     LPFN_TRANSMITFILE pfnTransmitFile;
     LPFN_DISCONNECTEX pfnDisconnectEx;
-    BOOL useDisconnectEx;       /* the second argument: DisconnectEx, else TransmitFile */
+    BOOL useDisconnectEx;       /* the second argument: DisconnectEx (default), else TransmitFile */
     const char *disconnectName; /* "TransmitFile()" or "DisconnectEx()", for error lines */
     SOCKET_POOL pool;
     CRITICAL_SECTION lock;      /* guards stopping, the AcceptEx and disconnect posts, the flags
@@ -115,22 +117,22 @@ static volatile LONG g_state = STARTING;
 static HANDLE g_hStopEvent;
 
 /* Reads the arguments: a port from 0 to 65535, then optionally how a session's socket is
- * disconnected for reuse (TransmitFile by default); anything else prints the usage and exits 1. */
+ * disconnected for reuse (DisconnectEx by default); anything else prints the usage and exits 1. */
 static unsigned short ParsePort(int argc, char *argv[], BOOL *useDisconnectEx)
 {
     char *end = NULL;
     long port = -1;
-    BOOL modeOk = argc == 2 || (argc == 3 && (strcmp(argv[2], "transmitfile") == 0 ||
-                                              strcmp(argv[2], "disconnectex") == 0));
+    BOOL modeOk = argc == 2 || (argc == 3 && (strcmp(argv[2], "disconnectex") == 0 ||
+                                              strcmp(argv[2], "transmitfile") == 0));
 
     if (modeOk)
         port = strtol(argv[1], &end, 10);
     if (!modeOk || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
-        fprintf(stderr, "Usage: %s <port> [transmitfile|disconnectex]   (0 to 65535; 0 picks a "
-                "free port; the default is transmitfile)\n", argv[0]);
+        fprintf(stderr, "Usage: %s <port> [disconnectex|transmitfile]   (0 to 65535; 0 picks a "
+                "free port; the default is disconnectex)\n", argv[0]);
         exit(1);
     }
-    *useDisconnectEx = argc == 3 && strcmp(argv[2], "disconnectex") == 0;
+    *useDisconnectEx = !(argc == 3 && strcmp(argv[2], "transmitfile") == 0);
     return (unsigned short)port;
 }
 
@@ -356,7 +358,8 @@ static BOOL PostRecv(SESSION *session)
                 &ioData->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
             InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
             CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending send, if any, ends too */
             return FALSE;
@@ -376,7 +379,8 @@ static BOOL PostSend(SESSION *session, PER_IO_DATA *msg)
                 &msg->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
             InterlockedDecrement(&session->ioCount);
             CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending receive, if any, too */
             return FALSE;
@@ -510,8 +514,8 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
     return ok;
 }
 
-/* Disconnects the session's socket for reuse, overlapped: TransmitFile with nothing to send and
- * TF_DISCONNECT | TF_REUSE_SOCKET, or DisconnectEx with TF_REUSE_SOCKET. Called with the count at
+/* Disconnects the session's socket for reuse, overlapped: DisconnectEx with TF_REUSE_SOCKET, or
+ * TransmitFile with nothing to send and TF_DISCONNECT | TF_REUSE_SOCKET. Called with the count at
  * 0: every byte echoed, no I/O pending. Under the server's lock, like PostAccept: posted before
  * the stop (which cancels it) or not at all. Both TRUE (done at once) and FALSE with
  * ERROR_IO_PENDING mean that a completion packet comes: the socket is on a port, and without

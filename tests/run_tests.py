@@ -43,7 +43,8 @@ each stage promises):
                      within 15 s
   churn              300 (06, 07: 2,000) connect/echo/close cycles; for 05-07 the Shutdown
                      line then counts them exactly; for 07 the pool reused sockets
-  disconnectex_churn (07) churn in disconnectex mode (skipped under Wine: unsupported there)
+  transmitfile_churn (07) churn in transmitfile mode (its memory unchecked under Wine: Wine 8's
+                     TransmitFile leaks 64 KiB a call)
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
                      with A = C, and B exact on a run with known traffic
@@ -78,6 +79,7 @@ PROMPT = "Input message(Q to quit): "
 ECHOED = "Message from server: "
 SHUTDOWN = re.compile(r"Shutdown: (\d+) accepted, (\d+) closed, (\d+) bytes echoed")
 POOL = re.compile(r"Socket pool: (\d+) sockets created, (\d+) reuses")
+MEMORY_SLACK_KIB = 1024  # churn: what a server's heap may still grow once warmed up, per run
 TEST_BUDGET = 300.0  # a test still running after this is reported as failed (and abandoned)
 MiB = 1024 * 1024
 
@@ -691,25 +693,43 @@ def test_burst(t):
         count, connected, time.monotonic() - started, bound)
 
 
-def churn(t, cycles, *args, bound=120.0):
+def churn(t, cycles, *args, bound=120.0, check_memory=True):
+    """Connect, echo, close, `cycles` times. The server's memory is read once its heaps are warm
+    (after a quarter of the cycles, and past its session pool: 06/07 serve the first connections
+    from sessions never used before, touching their buffers for the first time) and at the end:
+    per-connection state must all be freed, so it may not grow by more than MEMORY_SLACK_KIB plus
+    1 KiB a cycle (a leak of one 8 KiB buffer per connection, or Wine's 64 KiB per TransmitFile,
+    is far above that)."""
     srv = t.server(*args)
-    started, total = time.monotonic(), 0
+    started, total, warm_rss = time.monotonic(), 0, None
+    warm_up = max(cycles // 4, t.stage.pooled_sessions + 100)
     for i in range(cycles):
         if time.monotonic() - started > bound:
             raise Fail("only %d of %d cycles in %.0f s" % (i, cycles, bound))
+        if i == warm_up:
+            warm_rss = srv.rss_kib()
         message = b"churn cycle %d " % i + pattern_bytes(100, i)
         with connect(srv.port) as sock:
             echo_exact(sock, message, 10, "cycle %d of %d: echo" % (i + 1, cycles))
         total += len(message)
     seconds = time.monotonic() - started
     summary = "%d cycles, %.0f/s" % (cycles, cycles / seconds)
+    end_rss = srv.rss_kib()
+    if warm_rss is not None and end_rss is not None:
+        measured = cycles - warm_up
+        growth = end_rss - warm_rss
+        summary += ", RSS %+d KiB over the last %d" % (growth, measured)
+        if check_memory and growth > MEMORY_SLACK_KIB + measured:
+            raise Fail("the server's memory grew by %d KiB over %d connect/echo/close cycles "
+                       "(%d -> %d KiB): something per connection is not freed"
+                       % (growth, measured, warm_rss, end_rss))
     if t.stage.graceful:
         result = srv.stop()
         reuses = check_graceful_stop(t, srv, result, accepted=cycles, echoed=total)[3]
         if reuses is not None:
-            # Under Wine 8 TransmitFile ignores TF_DISCONNECT | TF_REUSE_SOCKET (the FIN leaves only
-            # when a later AcceptEx lands a client on that socket) and DisconnectEx only shuts the
-            # send side, so 07 (rightly) returns a still-connected socket to nobody: 0 reuses there.
+            # Under Wine 8 DisconnectEx only shuts the send side and TransmitFile ignores
+            # TF_DISCONNECT | TF_REUSE_SOCKET (the FIN would leave only when a later AcceptEx landed
+            # a client on that socket), so 07 (rightly) closes the still-connected socket: 0 reuses.
             if reuses <= 0 and ON_WINDOWS:
                 raise Fail("after %d cycles the socket pool reused no socket (%r)"
                            % (cycles, srv.output("stdout")[-2]))
@@ -722,11 +742,11 @@ def test_churn(t):
     return churn(t, t.stage.churn_cycles)
 
 
-def test_disconnectex_churn(t):
-    if not ON_WINDOWS:
-        raise Skip("Wine 8's DisconnectEx does not reuse sockets "
-                   "(Reusing socket not supported yet)")
-    return churn(t, t.stage.churn_cycles, "0", "disconnectex")
+def test_transmitfile_churn(t):
+    # Wine 8's TransmitFile mallocs a 64 KiB buffer per call and never frees it (about 4 KiB of
+    # RSS a call, measured): a Wine bug the server cannot avoid, so memory is checked on Windows.
+    summary = churn(t, t.stage.churn_cycles, "0", "transmitfile", check_memory=ON_WINDOWS)
+    return summary if ON_WINDOWS else summary + " (memory not checked: Wine's TransmitFile leaks)"
 
 
 def test_ctrl_c(t):
@@ -771,9 +791,11 @@ class Stage:
     """What a stage promises. limit: clients served at once (None: one at a time, by design);
     graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments."""
 
-    def __init__(self, name, limit, graceful, churn_cycles=300, modes=(), socket_pool=False):
+    def __init__(self, name, limit, graceful, churn_cycles=300, modes=(), socket_pool=False,
+                 pooled_sessions=0):
         self.name, self.limit, self.graceful = name, limit, graceful
         self.churn_cycles, self.modes, self.socket_pool = churn_cycles, modes, socket_pool
+        self.pooled_sessions = pooled_sessions  # sessions made at start (06/07: 1,000 + 16)
 
 
 STAGES = [
@@ -782,9 +804,9 @@ STAGES = [
     Stage("03_overlapped_event", limit=63, graceful=False),
     Stage("04_completion_routine", limit=1000, graceful=False),
     Stage("05_iocp_basic", limit=1000, graceful=True),
-    Stage("06_iocp_acceptex", limit=1000, graceful=True, churn_cycles=2000),
+    Stage("06_iocp_acceptex", limit=1000, graceful=True, churn_cycles=2000, pooled_sessions=1016),
     Stage("07_socket_pool", limit=1000, graceful=True, churn_cycles=2000,
-          modes=("transmitfile", "disconnectex"), socket_pool=True),
+          modes=("disconnectex", "transmitfile"), socket_pool=True, pooled_sessions=1016),
 ]
 
 
@@ -813,7 +835,7 @@ TESTS = [
      lambda s: True if s.limit and s.limit >= 1000 else
      "burst needs 1,000 clients at once; this stage's limit is %s" % (s.limit or 1)),
     ("churn", test_churn, lambda s: True),
-    ("disconnectex_churn", test_disconnectex_churn, lambda s: "disconnectex" in s.modes),
+    ("transmitfile_churn", test_transmitfile_churn, lambda s: "transmitfile" in s.modes),
     ("ctrl_c", test_ctrl_c, lambda s: True),
 ]
 
@@ -902,7 +924,8 @@ def run_stage(stage, exe_dir, args, results):
 
 
 # PASS lines of these tests carry their figures even without -v.
-SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_slow_reader, test_over_limit}
+SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_transmitfile_churn, test_slow_reader,
+                test_over_limit}
 
 
 def raise_fd_limit():
