@@ -299,37 +299,34 @@ def test_client_errors(t):
         t.log("%s: %s" % (mode, err.decode().strip()))
 
 
+def run_smoke(script, stage_name, ok_line):
+    """Runs bench/<script> --smoke <stage> (a Python script of this repository); its output, once
+    it has exited 0 and printed ok_line."""
+    path = os.path.join(REPO, "bench", script)
+    if not os.path.exists(path):
+        raise Skip("bench/%s does not exist" % script)
+    try:
+        proc = subprocess.run([sys.executable, path, "--smoke", stage_name], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+    except subprocess.TimeoutExpired:
+        raise Fail("bench/%s --smoke did not end within 180 s" % script)
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0 or ok_line not in out:
+        raise Fail("bench/%s --smoke: exit code %d: %s" % (script, proc.returncode, out[-500:]))
+    return out
+
+
 def test_bench_smoke(stage_name):
     """bench/run --smoke: builds echo_bench natively and runs it for 1 s against one stage, so the
     benchmark cannot rot unnoticed."""
-    bench = os.path.join(REPO, "bench", "run")
-    if not os.path.exists(bench):
-        raise Skip("bench/run does not exist")
-    try:
-        proc = subprocess.run([sys.executable, bench, "--smoke", stage_name], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
-    except subprocess.TimeoutExpired:
-        raise Fail("bench/run --smoke did not end within 180 s")
-    out = proc.stdout.decode("utf-8", "replace").strip()
-    if proc.returncode != 0 or "bench smoke: ok" not in out:
-        raise Fail("bench/run --smoke: exit code %d: %s" % (proc.returncode, out[-500:]))
+    out = run_smoke("run", stage_name, "bench smoke: ok")
     return out.splitlines()[-2].strip() if len(out.splitlines()) > 1 else out
 
 
 def test_crosscheck_smoke(stage_name):
     """bench/crosscheck --smoke: echo_bench and the independent client bench/xclient.py, 1 s each
     against one stage, every byte checked: neither load client can rot unnoticed."""
-    crosscheck = os.path.join(REPO, "bench", "crosscheck")
-    if not os.path.exists(crosscheck):
-        raise Skip("bench/crosscheck does not exist")
-    try:
-        proc = subprocess.run([sys.executable, crosscheck, "--smoke", stage_name], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
-    except subprocess.TimeoutExpired:
-        raise Fail("bench/crosscheck --smoke did not end within 180 s")
-    out = proc.stdout.decode("utf-8", "replace").strip()
-    if proc.returncode != 0 or "crosscheck smoke: ok" not in out:
-        raise Fail("bench/crosscheck --smoke: exit code %d: %s" % (proc.returncode, out[-500:]))
+    out = run_smoke("crosscheck", stage_name, "crosscheck smoke: ok")
     runs = re.findall(r"(echo_bench|xclient) +run 1: +([\d.]+ \S+)", out)
     return ", ".join("%s %s" % run for run in runs)
 
