@@ -23,7 +23,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 
 /* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
 static unsigned short ParsePort(int argc, char *argv[])

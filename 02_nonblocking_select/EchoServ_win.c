@@ -28,7 +28,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 #define MAX_CLIENTS (FD_SETSIZE - 1) /* the listening socket takes one slot of the read set */
 
 /* One connected client. buf holds bytes received and not yet echoed: buf[sendPos..sendLen). */
@@ -147,8 +147,10 @@ static void CloseSession(SESSION *session)
     free(session);
 }
 
-/* Accepts one waiting client into sessions[], or closes it at once when the server is full. */
-static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions)
+/* Accepts one waiting client into sessions[], or closes it at once when the server is full. After
+ * an accept() failure that would repeat, sets *pausedUntil: the loop stops accepting till then. */
+static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions,
+                         ULONGLONG *pausedUntil)
 {
     SOCKET hClntSock;
     SOCKADDR_IN clntAdr;
@@ -162,10 +164,10 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
             return; /* nobody waits after all */
         ReportError("accept()", err);
         /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
-           Anything else (out of sockets or memory) would fail again at once: wait, not spin
-           (the other clients wait too, but the loop would do nothing else). */
+           Anything else (out of sockets or memory) would fail again at once: pause accepting
+           for a while, not the loop (Sleep here would hold up every client too). */
         if (err != WSAECONNRESET && err != WSAENOTCONN)
-            Sleep(ACCEPT_BACKOFF_MS);
+            *pausedUntil = GetTickCount64() + ACCEPT_BACKOFF_MS;
         return;
     }
     if (*numSessions == MAX_CLIENTS) {
@@ -193,11 +195,15 @@ static void ServeClients(SOCKET hServSock)
     SESSION *sessions[MAX_CLIENTS];
     int numSessions = 0, i;
     fd_set reads, writes;
+    ULONGLONG acceptPausedUntil = 0;
 
     for (;;) {
+        BOOL accepting = GetTickCount64() >= acceptPausedUntil;
+        struct timeval pause = {0, ACCEPT_BACKOFF_MS * 1000}; /* while not accepting */
         FD_ZERO(&reads);
         FD_ZERO(&writes);
-        FD_SET(hServSock, &reads);
+        if (accepting)
+            FD_SET(hServSock, &reads);
         for (i = 0; i < numSessions; i++) {
             /* Read only when everything received so far is echoed: that bounds the memory. */
             if (sessions[i]->sendPos < sessions[i]->sendLen)
@@ -205,7 +211,11 @@ static void ServeClients(SOCKET hServSock)
             else
                 FD_SET(sessions[i]->hClntSock, &reads);
         }
-        if (select(0, &reads, &writes, NULL, NULL) == SOCKET_ERROR)
+        if (reads.fd_count + writes.fd_count == 0) { /* select() takes no empty sets */
+            Sleep(ACCEPT_BACKOFF_MS);
+            continue;
+        }
+        if (select(0, &reads, &writes, NULL, accepting ? NULL : &pause) == SOCKET_ERROR)
             ErrorHandling("select()"); /* only a bug in the sets makes it fail */
 
         /* Backwards, so that moving the last session into a closed one's slot skips nobody. */
@@ -221,8 +231,8 @@ static void ServeClients(SOCKET hServSock)
                 sessions[i] = sessions[--numSessions];
             }
         }
-        if (FD_ISSET(hServSock, &reads))
-            AcceptClient(hServSock, sessions, &numSessions);
+        if (accepting && FD_ISSET(hServSock, &reads))
+            AcceptClient(hServSock, sessions, &numSessions, &acceptPausedUntil);
     }
 }
 

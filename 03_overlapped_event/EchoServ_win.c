@@ -34,7 +34,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 #define MAX_CLIENTS (WSA_MAXIMUM_WAIT_EVENTS - 1) /* the listening socket's event takes one slot */
 
 /* The one I/O a client has outstanding: a WSARecv into buf, or a WSASend of buf[sendPos..sendLen).
@@ -220,8 +220,10 @@ static void CloseSession(SESSION *session)
     free(session);
 }
 
-/* Accepts one waiting client into sessions[], or closes it at once when the server is full. */
-static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions)
+/* Accepts one waiting client into sessions[], or closes it at once when the server is full. After
+ * an accept() failure that would repeat, sets *pausedUntil: the loop stops accepting till then. */
+static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions,
+                         ULONGLONG *pausedUntil)
 {
     SOCKET hClntSock;
     SOCKADDR_IN clntAdr;
@@ -235,10 +237,10 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
             return; /* nobody waits after all */
         ReportError("accept()", err);
         /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
-           Anything else (out of sockets or memory) would fail again at once: wait, not spin
-           (the other clients wait too, but the loop would do nothing else). */
+           Anything else (out of sockets or memory) would fail again at once: pause accepting
+           for a while, not the loop (Sleep here would hold up every client too). */
         if (err != WSAECONNRESET && err != WSAENOTCONN)
-            Sleep(ACCEPT_BACKOFF_MS);
+            *pausedUntil = GetTickCount64() + ACCEPT_BACKOFF_MS;
         return;
     }
     if (*numSessions == MAX_CLIENTS) {
@@ -296,6 +298,7 @@ static void ServeClients(SOCKET hServSock)
     int numSessions = 0, i;
     WSAEVENT events[WSA_MAXIMUM_WAIT_EVENTS];
     WSAEVENT hServEvent = WSACreateEvent();
+    ULONGLONG acceptPausedUntil = 0;
 
     if (hServEvent == WSA_INVALID_EVENT)
         ErrorHandling("WSACreateEvent()");
@@ -303,11 +306,16 @@ static void ServeClients(SOCKET hServSock)
         ErrorHandling("WSAEventSelect()");
 
     for (;;) {
+        BOOL accepting = GetTickCount64() >= acceptPausedUntil;
+        int first = accepting ? 0 : 1; /* not accepting: leave the listening socket's event out */
         events[0] = hServEvent;
         for (i = 0; i < numSessions; i++)
             events[i + 1] = sessions[i]->ioData.overlapped.hEvent;
-        if (WSAWaitForMultipleEvents((DWORD)numSessions + 1, events, FALSE, WSA_INFINITE, FALSE)
-            == WSA_WAIT_FAILED)
+        if (numSessions + 1 - first == 0) /* no event to wait for */
+            Sleep(ACCEPT_BACKOFF_MS);
+        else if (WSAWaitForMultipleEvents((DWORD)(numSessions + 1 - first), events + first, FALSE,
+                                          accepting ? WSA_INFINITE : ACCEPT_BACKOFF_MS, FALSE)
+                 == WSA_WAIT_FAILED)
             ErrorHandling("WSAWaitForMultipleEvents()"); /* only a bug in the array makes it fail */
 
         /* The wait names only the lowest signalled index: look at every event, not just that one.
@@ -322,12 +330,15 @@ static void ServeClients(SOCKET hServSock)
                 sessions[i] = sessions[--numSessions];
             }
         }
-        if (IsSignalled(hServEvent)) {
+        /* After a pause, accept() is tried even with the event unset: Wine 8 does not set it
+           again after a failed accept() while clients still wait (measured). */
+        if (accepting && (IsSignalled(hServEvent) || acceptPausedUntil != 0)) {
             WSANETWORKEVENTS netEvents;
             /* Resets the event; accept() re-arms FD_ACCEPT, so it is set again while more wait. */
             if (WSAEnumNetworkEvents(hServSock, hServEvent, &netEvents) == SOCKET_ERROR)
                 ErrorHandling("WSAEnumNetworkEvents()");
-            AcceptClient(hServSock, sessions, &numSessions);
+            acceptPausedUntil = 0;
+            AcceptClient(hServSock, sessions, &numSessions, &acceptPausedUntil);
         }
     }
 }

@@ -35,7 +35,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 #define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
 
 /* The one I/O a client has outstanding: a WSARecv into buf, or a WSASend of buf[sendPos..sendLen).

@@ -35,7 +35,7 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define ACCEPT_BACKOFF_MS 100 /* the pause after an accept() failure that would repeat */
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 #define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
 #define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
 
