@@ -277,9 +277,10 @@ static double Percentile(const STATS *st, double p)
 }
 
 /* ---- waiting for sockets ----
- * epoll on Linux: a wait costs in proportion to the sockets that are ready. poll and WSAPoll: a
- * wait costs in proportion to all of them; at 1,000 connections with a few ready at a time that
- * made the load generator itself the bottleneck (measured against bench/xclient.py). */
+ * epoll on Linux: the kernel's part of a wait costs in proportion to the sockets that are ready.
+ * poll and WSAPoll: in proportion to all of them; at 1,000 connections with a few ready at a time
+ * that made the load generator itself the bottleneck (measured against bench/xclient.py). Both
+ * still walk every connection in user space each turn, which is cheap. */
 
 #define WAIT_READ 1
 #define WAIT_WRITE 2
@@ -361,6 +362,8 @@ static int WaitForSockets(WAITER *w, CONN *conns, int count, size_t size, int ti
     n = WSAPoll(w->fds, (ULONG)count, timeoutMs);
 #else
     n = poll(w->fds, (nfds_t)count, timeoutMs);
+    if (n < 0 && errno == EINTR)
+        return 0;
 #endif
     if (n < 0)
         return -2;

@@ -41,8 +41,9 @@ each stage promises):
                      takes < 1 s (worst of 3), and no loaded client starves
   burst              1,000 connects at once (4 threads), all connected and echoed
                      within 15 s
-  churn              300 (06, 07: 2,000) connect/echo/close cycles; for 05-07 the Shutdown
-                     line then counts them exactly; for 07 the pool reused sockets
+  churn              600 (06, 07: 2,000) connect/echo/close cycles; the server's memory may not
+                     grow once warm; for 05-07 the Shutdown line then counts them exactly;
+                     for 07 the pool reused sockets (required on Windows only)
   transmitfile_churn (07) churn in transmitfile mode (its memory unchecked under Wine: Wine 8's
                      TransmitFile leaks 64 KiB a call)
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
@@ -695,8 +696,8 @@ def churn(t, cycles, *args, bound=120.0, check_memory=True):
     (after a quarter of the cycles, and past its session pool: 06/07 serve the first connections
     from sessions never used before, touching their buffers for the first time) and at the end:
     per-connection state must all be freed, so it may not grow by more than MEMORY_SLACK_KIB plus
-    1 KiB a cycle (a leak of one 8 KiB buffer per connection, or Wine's 64 KiB per TransmitFile,
-    is far above that)."""
+    half a KiB a cycle: a leak of 4 KiB a connection fails it (600 cycles, 450 measured: about
+    1,800 KiB against 1,249; Wine's 64 KiB per TransmitFile, about 4 KiB of RSS each, too)."""
     srv = t.server(*args)
     started, total, warm_rss = time.monotonic(), 0, None
     warm_up = max(cycles // 4, t.stage.pooled_sessions + 100)
@@ -716,10 +717,12 @@ def churn(t, cycles, *args, bound=120.0, check_memory=True):
         measured = cycles - warm_up
         growth = end_rss - warm_rss
         summary += ", RSS %+d KiB over the last %d" % (growth, measured)
-        if check_memory and growth > MEMORY_SLACK_KIB + measured:
+        if check_memory and growth > MEMORY_SLACK_KIB + measured // 2:
             raise Fail("the server's memory grew by %d KiB over %d connect/echo/close cycles "
                        "(%d -> %d KiB): something per connection is not freed"
                        % (growth, measured, warm_rss, end_rss))
+    else:
+        summary += ", memory not checked (no RSS reading)"
     if t.stage.graceful:
         result = srv.stop()
         reuses = check_graceful_stop(t, srv, result, accepted=cycles, echoed=total)[3]
@@ -788,7 +791,7 @@ class Stage:
     """What a stage promises. limit: clients served at once (None: one at a time, by design);
     graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments."""
 
-    def __init__(self, name, limit, graceful, churn_cycles=300, modes=(), socket_pool=False,
+    def __init__(self, name, limit, graceful, churn_cycles=600, modes=(), socket_pool=False,
                  pooled_sessions=0):
         self.name, self.limit, self.graceful = name, limit, graceful
         self.churn_cycles, self.modes, self.socket_pool = churn_cycles, modes, socket_pool
