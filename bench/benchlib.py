@@ -1,0 +1,28 @@
+"""benchlib.py - what bench/run and bench/crosscheck share: the stages' capacities, building
+echo_bench, and the tests' harness (starting servers, the wineserver, waiting for idle)."""
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from harness import ON_WINDOWS, ClientCount, Server, Wineserver  # noqa: E402,F401  (re-exported)
+
+STAGES = {  # how many clients each stage serves at once (the contract)
+    "01_blocking": 1, "02_nonblocking_select": 63, "03_overlapped_event": 63,
+    "04_completion_routine": 1000, "05_iocp_basic": 1000, "06_iocp_acceptex": 1000,
+    "07_socket_pool": 1000,
+}
+SETTLE_TIMEOUT = 60.0  # seconds a server may take to close the previous run's connections
+BENCH_EXE = os.path.join(HERE, "echo_bench.exe" if ON_WINDOWS else "echo_bench")
+
+
+def build():
+    """Every stage (make), then echo_bench, natively."""
+    subprocess.run(["make", "-s", "-f", "Makefile.win"], cwd=ROOT, check=True, timeout=900)
+    compiler = "gcc" if ON_WINDOWS else (shutil.which("cc") or "gcc")
+    libs = ["-lws2_32"] if ON_WINDOWS else []
+    subprocess.run([compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-o", BENCH_EXE,
+                    os.path.join(HERE, "echo_bench.c")] + libs, check=True, timeout=300)
