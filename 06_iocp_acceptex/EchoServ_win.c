@@ -139,7 +139,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     int adrSz = sizeof(servAdr);
 
     /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
 
@@ -193,7 +193,7 @@ static int TryAcceptEx(SESSION *session)
     DWORD bytes = 0;
     int err;
 
-    session->hClntSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    session->hClntSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (session->hClntSock == INVALID_SOCKET) {
         err = WSAGetLastError();
         ReportError("WSASocket()", err);

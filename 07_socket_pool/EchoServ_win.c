@@ -159,7 +159,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     int adrSz = sizeof(servAdr);
 
     /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
 
@@ -193,7 +193,7 @@ static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
  * session. A failure is reported here, and its code left for the caller (WSAGetLastError). */
 static SOCKET CreatePoolSocket(SOCKET_POOL *pool)
 {
-    SOCKET hSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET hSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     int err;
 
     if (hSock == INVALID_SOCKET) {

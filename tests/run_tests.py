@@ -50,6 +50,7 @@ each stage promises):
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
                      with A = C, and B exact on a run with known traffic
 and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+no_deprecated_names (no stage, common/ or bench/ calls what MSVC marks deprecated, C4996),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
@@ -57,6 +58,7 @@ Every wait is bounded and waits for a condition (a log line, a byte, EOF); the o
 measuring windows (under_load) or a hold that a correct server passes at any length (half_close).
 """
 import argparse
+import glob
 import os
 import random
 import re
@@ -348,6 +350,79 @@ def test_clients_identical(stages):
                 raise Fail("%s/StableEchoClnt_win.c differs from 01_blocking's" % stage.name)
         compared.append(stage.name[:2])
     return "01 = " + (", ".join(compared) if compared else "(no other stage yet)")
+
+
+# Names MSVC's headers mark deprecated (C4996, an error under /sdl: Visual Studio's default for new
+# projects). Where the list comes from:
+#  - Winsock: winsock2.h / ws2tcpip.h mark them _WINSOCK_DEPRECATED_BY(...); WSASocket is WSASocketA
+#    unless UNICODE is defined (https://learn.microsoft.com/windows/win32/api/winsock2/nf-winsock2-wsasocketa).
+#  - CRT, unsafe: "Security Features in the CRT" and its list "Deprecated CRT Functions"
+#    (https://learn.microsoft.com/cpp/c-runtime-library/security-features-in-the-crt,
+#    https://learn.microsoft.com/previous-versions/ms235384(v=vs.100)).
+#  - CRT, POSIX names: the same list, "Deprecated POSIX functions" (use the _name instead).
+#  - C4996 itself: https://learn.microsoft.com/cpp/error-messages/compiler-warnings/compiler-warning-level-3-c4996
+DEPRECATED_NAMES = {
+    "winsock": "WSASocket WSASocketA inet_addr inet_ntoa gethostbyname gethostbyaddr "
+               "WSAAddressToString WSAAddressToStringA WSAStringToAddress WSAStringToAddressA "
+               "WSADuplicateSocket WSADuplicateSocketA WSAEnumProtocols WSAEnumProtocolsA "
+               "WSASetBlockingHook WSAUnhookBlockingHook WSACancelBlockingCall WSAIsBlocking "
+               "WSAAsyncGetHostByName WSAAsyncGetHostByAddr GetVersion GetVersionExA GetVersionEx",
+    "CRT unsafe": "sprintf vsprintf swprintf strcpy wcscpy strcat wcscat strncpy wcsncpy strncat "
+                  "wcsncat sscanf scanf fscanf vsscanf vscanf vfscanf swscanf fopen freopen getenv "
+                  "strtok wcstok strerror localtime gmtime ctime asctime gets _snprintf _vsnprintf "
+                  "_itoa _ltoa _ultoa mbstowcs wcstombs tmpnam _strlwr _strupr _splitpath _makepath",
+    "POSIX name": "close open read write lseek dup dup2 fileno isatty strdup stricmp strnicmp strlwr "
+                  "strupr getpid unlink access chdir getcwd mkdir rmdir itoa ltoa kbhit getch setmode "
+                  "fdopen putenv",
+}
+
+
+def windows_source_lines(text):
+    """The lines of C source text that a Windows compiler sees, with comments and string and
+    character literals blanked: `#ifdef __linux__` branches and the `#else` of `#ifdef _WIN32` are
+    left out (bench/echo_bench.c is also a Linux program)."""
+    text = re.sub(r"/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    text = re.sub(r'"(\\.|[^"\\\n])*"|\'(\\.|[^\'\\\n])*\'', '""', text)
+    frames = []  # per open #if: True (Windows compiles it), False (it does not), None (unknown)
+    for number, line in enumerate(text.splitlines(), 1):
+        directive = re.match(r"\s*#\s*(\w+)\s*(\w*)", line)
+        if directive:
+            word, name = directive.groups()
+            if word in ("ifdef", "ifndef"):
+                known = {"_WIN32": True, "__linux__": False}.get(name)
+                frames.append(None if known is None else known == (word == "ifdef"))
+            elif word == "if":
+                frames.append(None)
+            elif word == "elif" and frames:
+                frames[-1] = None
+            elif word == "else" and frames:
+                frames[-1] = None if frames[-1] is None else not frames[-1]
+            elif word == "endif" and frames:
+                frames.pop()
+            continue
+        if False not in frames:
+            yield number, line
+
+
+def test_no_deprecated_names():
+    """No stage, common/ or bench/ calls a function MSVC warns C4996 about (see DEPRECATED_NAMES)."""
+    kinds = {name: kind for kind, names in DEPRECATED_NAMES.items() for name in names.split()}
+    call = re.compile(r"(?<![\w.>])(%s)\s*\(" % "|".join(sorted(kinds, key=len, reverse=True)))
+    paths = sorted(glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
+                   glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")) +
+                   glob.glob(os.path.join(REPO, "common", "*.h")) +
+                   glob.glob(os.path.join(REPO, "bench", "*.c")))
+    found = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in windows_source_lines(f.read()):
+                for match in call.finditer(line):
+                    found.append("%s:%d: %s (%s)" % (os.path.relpath(path, REPO), number,
+                                                     match.group(1), kinds[match.group(1)]))
+    if found:
+        raise Fail("MSVC marks these deprecated (C4996; an error under /sdl): " + "; ".join(found))
+    return "%d files, %d names checked" % (len(paths), len(kinds))
 
 
 def test_bad_args(t):
@@ -979,6 +1054,10 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_clients_identical, STAGES)
             results.report(verdict, "clients_identical", time.monotonic() - t0, detail)
+        if selected("no_deprecated_names", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_no_deprecated_names)
+            results.report(verdict, "no_deprecated_names", time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
         if selected("bench_smoke", args.k) and args.exe_dir == REPO:
