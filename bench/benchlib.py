@@ -21,7 +21,8 @@ BENCH_EXE = os.path.join(HERE, "echo_bench.exe" if ON_WINDOWS else "echo_bench")
 
 def build():
     """Every stage (make), then echo_bench, natively."""
-    subprocess.run(["make", "-s", "-f", "Makefile.win"], cwd=ROOT, check=True, timeout=900)
+    make = "mingw32-make" if ON_WINDOWS and shutil.which("mingw32-make") else "make"
+    subprocess.run([make, "-s", "-f", "Makefile.win"], cwd=ROOT, check=True, timeout=900)
     compiler = "gcc" if ON_WINDOWS else (shutil.which("cc") or "gcc")
     libs = ["-lws2_32"] if ON_WINDOWS else []
     subprocess.run([compiler, "-O2", "-std=c11", "-Wall", "-Wextra", "-o", BENCH_EXE,
