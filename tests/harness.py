@@ -108,6 +108,7 @@ class Server:
         self.open_streams = 0
         self.readers = []
         self.stopped = None  # StopResult once stopped
+        self.interrupt_error = None  # why Ctrl+C could not be sent, if it could not
 
     # -- starting -----------------------------------------------------------------------------
     def start(self, wait_listening=True):
@@ -236,7 +237,11 @@ class Server:
         seconds = None
         if not already:
             try:
-                self.interrupt()
+                try:
+                    self.interrupt()
+                except OSError as err:  # Windows: GenerateConsoleCtrlEvent needs a shared console
+                    self.interrupt_error = err
+                    raise
                 self.proc.wait(limit)
                 seconds = time.monotonic() - started
             except (subprocess.TimeoutExpired, OSError):

@@ -893,6 +893,8 @@ def test_ctrl_c(t):
         busy.close()
     if result.had_exited:
         raise Fail("the server had died before Ctrl+C: %s" % srv.tail())
+    if srv.interrupt_error is not None:
+        raise Fail("Ctrl+C could not be sent (%s): killed" % srv.interrupt_error)
     if result.seconds is None:
         raise Fail("still running 2 s after Ctrl+C with a client mid-transfer (killed)")
     summary = "stopped in %.2f s" % result.seconds
