@@ -474,6 +474,9 @@ def raise_fd_limit(need):
 
 def main(argv):
     opts = parse_args(argv)
+    if opts["selector"] is getattr(selectors, "SelectSelector", None) and opts["-c"] > 500:
+        # Windows' only selector: Python's select() there takes at most 512 sockets
+        usage_error("-c %d: select() here takes at most 512 sockets" % opts["-c"])
     raise_fd_limit(opts["-c"] + 64)
     client = Client(opts)
     try:
