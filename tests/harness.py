@@ -565,14 +565,25 @@ class EchoLoad(threading.Thread):
 class ClientCount:
     """Follows a Server's `Connected client` and `Closed client` lines as they come.
     wait_until_settled() returns once every client logged as connected has been logged as closed,
-    so that a benchmark run never pays for (or meets) the previous run's connections."""
+    so that a benchmark run never pays for (or meets) the previous run's connections.
+    A balance alone can be momentary: between two churn cycles, or while the server has not yet
+    accepted the rest of a run's connections, as many are logged closed as connected. So the
+    caller says how many connections it made (made(n) after each run, from the client's own
+    count), and the balance counts only once at least that many have been logged. A client over
+    the limit is logged once, `Too many clients`: opened and closed at once."""
 
     def __init__(self, server):
         self.server, self.seen, self.opened, self.closed = server, 0, 0, 0
+        self.expected = 0  # connections the caller has made, in all
+
+    def made(self, connections):
+        """The caller's last run made `connections` connections."""
+        self.expected += connections
 
     def wait_until_settled(self, timeout):
-        """True once opened == closed; False if that did not happen within timeout seconds (or
-        the server ended first). A condition on the log, not a sleep."""
+        """True once opened == closed and at least `made` connections have been logged; False
+        if that did not happen within timeout seconds (or the server ended first). A condition
+        on the log, not a sleep."""
         server = self.server
         deadline = time.monotonic() + timeout
         with server.cond:
@@ -582,10 +593,14 @@ class ClientCount:
                         self.opened += 1
                     elif stream == "stdout" and text.startswith("Closed client"):
                         self.closed += 1
+                    elif stream == "stdout" and text.startswith("Too many clients"):
+                        self.opened += 1
+                        self.closed += 1
                 self.seen = len(server.lines)
+                settled = self.opened == self.closed and self.opened >= self.expected
                 remaining = deadline - time.monotonic()
-                if self.opened == self.closed or remaining <= 0 or server.open_streams == 0:
-                    return self.opened == self.closed
+                if settled or remaining <= 0 or server.open_streams == 0:
+                    return settled
                 server.cond.wait(remaining)
 
 
