@@ -44,7 +44,7 @@
 #define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
 #define ACCEPT_TRIES 8    /* AcceptEx fails at once for each reset connection it meets: retry */
 #define ACCEPT_RETRY_MS 100 /* a session whose AcceptEx could not be posted tries again after this */
-#define REPORT_EVERY_MS 1000 /* failed AcceptEx posts: at most one line a second, with a count */
+#define REPORT_EVERY_MS 1000 /* failed AcceptEx calls: at most one line a second, with a count */
 #define STOP_REPORT_MS 1000 /* the stop names the sessions it still waits for, once a second */
 
 enum { IO_ACCEPT, IO_RECV, IO_SEND, IO_DISCONNECT };
@@ -117,7 +117,8 @@ typedef struct SERVER {
     BOOL stopping;
     SESSION *retryHead;         /* sessions whose AcceptEx could not be posted: retried later */
     HANDLE hRetryEvent;         /* auto-reset: set when the retry list stops being empty */
-    LONG64 acceptFailures;      /* failed AcceptEx posts (resets not counted), since the start */
+    LONG64 acceptFailures;      /* failed AcceptEx calls (resets not counted), since the last
+                                   time every session accepted */
     LONG64 reportedFailures;    /* how many of them the last report line had counted */
     ULONGLONG lastReport;       /* GetTickCount64() of the last report line */
     SESSION *sessions;          /* the pool: POOL_SIZE sessions */
@@ -357,7 +358,7 @@ static int TryAcceptEx(SESSION *session, const char **failedCall)
     return err;
 }
 
-/* Counts a failed AcceptEx post and says whether a line is due: the first at once, then at most
+/* Counts a failed AcceptEx (a post or a completion) and says whether a line is due: the first at once, then at most
  * one a second, counting those not reported yet (a shortage of sockets fails a whole pool's posts
  * again every ACCEPT_RETRY_MS). The caller holds the server's lock; *count gets the number. */
 static BOOL CountAcceptFailure(SERVER *server, LONG64 *count)
@@ -373,13 +374,13 @@ static BOOL CountAcceptFailure(SERVER *server, LONG64 *count)
     return TRUE;
 }
 
-/* The failure line, outside the lock: the call, how many posts failed since the last line (the
+/* The failure line, outside the lock: the call, how many failed since the last line (the
  * last one's error is shown), and what happens to them. */
 static void ReportAcceptFailure(const char *call, int err, LONG64 count)
 {
     char what[160];
 
-    snprintf(what, sizeof(what), "%s [%lld failed AcceptEx posts since the last report; each "
+    snprintf(what, sizeof(what), "%s [%lld failed AcceptEx calls since the last report; each "
              "session retries after %d ms]", call, (long long)count, ACCEPT_RETRY_MS);
     ReportError(what, (DWORD)err);
 }
@@ -420,6 +421,26 @@ static void PostAccept(SESSION *session)
         ReportError("SetEvent()", GetLastError()); /* cannot fail on a valid handle */
 }
 
+/* A failed AcceptEx completion (not the stop's cancel). A connection reset before it was
+ * accepted (also 64, ERROR_NETNAME_DELETED, here) is no failure of the session: no line. Anything
+ * else is counted and reported like a failed post, at most once a second: under Wine, while no
+ * descriptor is left, each pending AcceptEx that a connection reaches fails with 4
+ * (ERROR_TOO_MANY_OPEN_FILES), and a line each would flood the log, and block every worker on a
+ * log that is not read. The session accepts again either way (CloseSession, PostAccept). */
+static void OnAcceptFailed(SERVER *server, DWORD err)
+{
+    LONG64 count = 0;
+    BOOL report;
+
+    if (IsResetBeforeAccept((int)err) || err == ERROR_NETNAME_DELETED)
+        return;
+    EnterCriticalSection(&server->lock);
+    report = CountAcceptFailure(server, &count);
+    LeaveCriticalSection(&server->lock);
+    if (report)
+        ReportAcceptFailure("AcceptEx()", (int)err, count);
+}
+
 /* The main thread, between Ctrl+Cs: posts again the AcceptEx of every session on the retry
  * list. Those that fail again go back on it, and the main thread comes back after another
  * ACCEPT_RETRY_MS. Once the list is empty after failures, one line says the pool is whole. */
@@ -446,7 +467,7 @@ static void RetryAccepts(SERVER *server)
     }
     LeaveCriticalSection(&server->lock);
     if (whole)
-        LogLine("Every session accepts again (%lld failed AcceptEx posts were retried)",
+        LogLine("Every session accepts again (after %lld failed AcceptEx calls)",
                 (long long)failures);
 }
 
@@ -839,11 +860,13 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
                end the session's other I/O (EndSession): it closes once both are over. */
             DWORD err = GetLastError();
             FAILURE failure = {NULL, 0};
-            if (err != ERROR_OPERATION_ABORTED)
-                ReportError(ioData->rwMode == IO_ACCEPT ? "AcceptEx()" :
-                            ioData->rwMode == IO_DISCONNECT ? session->server->disconnectName :
-                            ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
-            if (ioData->rwMode != IO_ACCEPT) {
+            if (ioData->rwMode == IO_ACCEPT) {
+                if (err != ERROR_OPERATION_ABORTED)
+                    OnAcceptFailed(session->server, err);
+            } else {
+                if (err != ERROR_OPERATION_ABORTED)
+                    ReportError(ioData->rwMode == IO_DISCONNECT ? session->server->disconnectName :
+                                ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
                 EnterCriticalSection(&session->lock);
                 EndSession(session, &failure);
                 LeaveCriticalSection(&session->lock);

@@ -108,6 +108,9 @@ class Server:
         self.open_streams = 0
         self.readers = []
         self.stopped = None  # StopResult once stopped
+        self.reading = {"stdout": threading.Event(), "stderr": threading.Event()}
+        for gate in self.reading.values():  # cleared: that stream is left unread (pause)
+            gate.set()
 
     # -- starting -----------------------------------------------------------------------------
     def start(self, wait_listening=True):
@@ -130,7 +133,7 @@ class Server:
         return self
 
     def _drain(self, stream, pipe):
-        for raw in iter(pipe.readline, b""):
+        for raw in iter(lambda: self.reading[stream].wait() and pipe.readline(), b""):
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             with self.cond:
                 self.lines.append((stream, text))
@@ -148,6 +151,43 @@ class Server:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+    def pause(self, stream="stdout", pipe_size=4096):
+        """Stops reading the server's stdout or stderr (after the line being read), its pipe
+        shrunk to pipe_size bytes (Linux, F_SETPIPE_SZ; the default 64 KiB takes a thousand log
+        lines to fill). Returns a function giving the bytes waiting in the pipe (FIONREAD)."""
+        import fcntl
+        import termios
+        fd = getattr(self.proc, stream).fileno()
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), pipe_size)
+        self.reading[stream].clear()
+
+        def waiting():
+            buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+            return struct.unpack("i", buf)[0]
+        return waiting
+
+    def fill(self, stream, waiting, pipe_size=4096, bound=5.0):
+        """Fills the paused pipe of stream from this side (the server's own end, through
+        /proc/PID/fd), so that the server's next line there blocks. Returns the bytes waiting."""
+        fd = os.open("/proc/%d/fd/%d" % (self.proc.pid, 1 if stream == "stdout" else 2),
+                     os.O_WRONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + bound
+        try:
+            while waiting() < pipe_size and time.monotonic() < deadline:
+                # Lines: the reader, inside a readline when paused, takes bytes up to the next
+                # newline (and what came with them) before it stops; this tops the pipe up again.
+                room = pipe_size - waiting()
+                try:
+                    os.write(fd, b"#" * (min(room, 512) - 1) + b"\n")
+                except BlockingIOError:
+                    break
+        finally:
+            os.close(fd)
+        return waiting()
+
+    def resume(self, stream="stdout"):
+        self.reading[stream].set()
 
     # -- log lines ----------------------------------------------------------------------------
     def mark(self):
