@@ -15,7 +15,11 @@
  *     each address slot is sizeof(SOCKADDR_STORAGE) + 16 bytes; the receive length is 0, so a
  *     client that connects and waits is accepted at once, not when it first sends.
  *   - every free session has an AcceptEx pending, so a burst of 1,000 connects is taken without
- *     waiting, and a session accepts again after EVERY use, failed accepts included.
+ *     waiting, and a session accepts again after EVERY use, failed accepts included; one whose
+ *     AcceptEx cannot be posted (out of sockets or memory, for now) is retried 100 ms later by the
+ *     main thread, never dropped: a shortage that passes leaves the whole pool accepting.
+ *   - no line is written while a lock is held (a blocked console or pipe would stall every thread
+ *     that needs the lock); a cancel holds (a closing flag, checked under the session's lock).
  *   - SO_UPDATE_ACCEPT_CONTEXT on each accepted socket (Windows needs it; Wine does not check), and
  *     the peer's address from GetAcceptExSockaddrs.
  *   - the session is found from the OVERLAPPED: an AcceptEx completion carries the LISTENING

@@ -22,6 +22,8 @@
  *     must say so, or the socket is closed (Wine 8 reuses none: see the README).
  *   - the stop of 06, with the pending disconnects cancelled too, and every pooled socket closed
  *     once; the last lines count the sockets made and reused.
+ *   - 06's retry of an AcceptEx that cannot be posted; at start the pool makes the sockets it can
+ *     and the sessions make the rest later, so a shortage of sockets at start-up is no exit.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)

@@ -56,6 +56,7 @@ each stage promises):
   stalled_stderr     (06) stderr full and unread while a session's accept fails: 20 clients
                      are still echoed (the failing thread holds no lock while it writes)
 and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
@@ -74,8 +75,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ON_WINDOWS, STOP_LIMIT, EchoLoad, Fail, Server, Skip,  # noqa: E402
-                     Wineserver, connect,
+from harness import (ON_WINDOWS, STOP_LIMIT, ClientCount, EchoLoad, Fail, Server,  # noqa: E402
+                     Skip, Wineserver, connect,
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
@@ -337,6 +338,39 @@ def test_crosscheck_smoke(stage_name):
     out = run_smoke("crosscheck", stage_name, "crosscheck smoke: ok")
     runs = re.findall(r"(echo_bench|xclient) +run 1: +([\d.]+ \S+)", out)
     return ", ".join("%s %s" % run for run in runs)
+
+
+def test_client_count(stage_name):
+    """harness.ClientCount, which bench/run and bench/crosscheck use to wait until a server has
+    closed a run's connections: 100 connect/echo/close cycles run in a thread, and after the
+    caller has said so (made), wait_until_settled must return only once all 100 are logged
+    closed. Between two cycles as many are logged connected as closed: a wait that takes that
+    balance alone returns long before (the version before issue 13: after 0-2 cycles)."""
+    cycles = 100
+    with Server(os.path.join(REPO, stage_name, SERVER_EXE), ["0"]) as srv:
+        settle = ClientCount(srv)
+        settle.made(cycles)
+        errors = []
+
+        def churn_clients():
+            try:
+                for i in range(cycles):
+                    with connect(srv.port) as sock:
+                        echo_exact(sock, b"settle cycle %d\n" % i, 10)
+            except (Fail, OSError) as err:
+                errors.append(str(err))
+
+        worker = threading.Thread(target=churn_clients, daemon=True)
+        worker.start()
+        settled = settle.wait_until_settled(60)
+        closed = sum(1 for line in srv.output() if line.startswith("Closed client"))
+        worker.join(60)
+    if errors:
+        raise Fail("a cycle failed: %s" % errors[0])
+    if not settled or closed < cycles:
+        raise Fail("wait_until_settled returned %s with %d of %d cycles logged closed"
+                   % (settled, closed, cycles))
+    return "returned after %d of %d cycles were logged closed" % (closed, cycles)
 
 
 def test_clients_identical(stages):
@@ -1159,6 +1193,10 @@ def main():
             results.report(verdict, "clients_identical", time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
+        if selected("client_count", args.k) and args.exe_dir == REPO:
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_client_count, stages[-1].name)
+            results.report(verdict, "client_count", time.monotonic() - t0, detail)
         if selected("bench_smoke", args.k) and args.exe_dir == REPO:
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_bench_smoke, stages[-1].name)
