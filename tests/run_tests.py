@@ -345,7 +345,8 @@ def test_client_count(stage_name):
     closed a run's connections: 100 connect/echo/close cycles run in a thread, and after the
     caller has said so (made), wait_until_settled must return only once all 100 are logged
     closed. Between two cycles as many are logged connected as closed: a wait that takes that
-    balance alone returns long before (the version before issue 13: after 0-2 cycles)."""
+    balance alone returns long before (the version before issue 13: with 0 of 100 closed,
+    measured twice)."""
     cycles = 100
     with Server(os.path.join(REPO, stage_name, SERVER_EXE), ["0"]) as srv:
         settle = ClientCount(srv)
