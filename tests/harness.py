@@ -109,6 +109,9 @@ class Server:
         self.readers = []
         self.stopped = None  # StopResult once stopped
         self.interrupt_error = None  # why Ctrl+C could not be sent, if it could not
+        self.reading = {"stdout": threading.Event(), "stderr": threading.Event()}
+        for gate in self.reading.values():  # cleared: that stream is left unread (pause)
+            gate.set()
 
     # -- starting -----------------------------------------------------------------------------
     def start(self, wait_listening=True):
@@ -131,7 +134,7 @@ class Server:
         return self
 
     def _drain(self, stream, pipe):
-        for raw in iter(pipe.readline, b""):
+        for raw in iter(lambda: self.reading[stream].wait() and pipe.readline(), b""):
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             with self.cond:
                 self.lines.append((stream, text))
@@ -149,6 +152,43 @@ class Server:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+    def pause(self, stream="stdout", pipe_size=4096):
+        """Stops reading the server's stdout or stderr (after the line being read), its pipe
+        shrunk to pipe_size bytes (Linux, F_SETPIPE_SZ; the default 64 KiB takes a thousand log
+        lines to fill). Returns a function giving the bytes waiting in the pipe (FIONREAD)."""
+        import fcntl
+        import termios
+        fd = getattr(self.proc, stream).fileno()
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), pipe_size)
+        self.reading[stream].clear()
+
+        def waiting():
+            buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+            return struct.unpack("i", buf)[0]
+        return waiting
+
+    def fill(self, stream, waiting, pipe_size=4096, bound=5.0):
+        """Fills the paused pipe of stream from this side (the server's own end, through
+        /proc/PID/fd), so that the server's next line there blocks. Returns the bytes waiting."""
+        fd = os.open("/proc/%d/fd/%d" % (self.proc.pid, 1 if stream == "stdout" else 2),
+                     os.O_WRONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + bound
+        try:
+            while waiting() < pipe_size and time.monotonic() < deadline:
+                # Lines: the reader, inside a readline when paused, takes bytes up to the next
+                # newline (and what came with them) before it stops; this tops the pipe up again.
+                room = pipe_size - waiting()
+                try:
+                    os.write(fd, b"#" * (min(room, 512) - 1) + b"\n")
+                except BlockingIOError:
+                    break
+        finally:
+            os.close(fd)
+        return waiting()
+
+    def resume(self, stream="stdout"):
+        self.reading[stream].set()
 
     # -- log lines ----------------------------------------------------------------------------
     def mark(self):
@@ -570,14 +610,25 @@ class EchoLoad(threading.Thread):
 class ClientCount:
     """Follows a Server's `Connected client` and `Closed client` lines as they come.
     wait_until_settled() returns once every client logged as connected has been logged as closed,
-    so that a benchmark run never pays for (or meets) the previous run's connections."""
+    so that a benchmark run never pays for (or meets) the previous run's connections.
+    A balance alone can be momentary: between two churn cycles, or while the server has not yet
+    accepted the rest of a run's connections, as many are logged closed as connected. So the
+    caller says how many connections it made (made(n) after each run, from the client's own
+    count), and the balance counts only once at least that many have been logged. A client over
+    the limit is logged once, `Too many clients`: opened and closed at once."""
 
     def __init__(self, server):
         self.server, self.seen, self.opened, self.closed = server, 0, 0, 0
+        self.expected = 0  # connections the caller has made, in all
+
+    def made(self, connections):
+        """The caller's last run made `connections` connections."""
+        self.expected += connections
 
     def wait_until_settled(self, timeout):
-        """True once opened == closed; False if that did not happen within timeout seconds (or
-        the server ended first). A condition on the log, not a sleep."""
+        """True once opened == closed and at least `made` connections have been logged; False
+        if that did not happen within timeout seconds (or the server ended first). A condition
+        on the log, not a sleep."""
         server = self.server
         deadline = time.monotonic() + timeout
         with server.cond:
@@ -587,10 +638,14 @@ class ClientCount:
                         self.opened += 1
                     elif stream == "stdout" and text.startswith("Closed client"):
                         self.closed += 1
+                    elif stream == "stdout" and text.startswith("Too many clients"):
+                        self.opened += 1
+                        self.closed += 1
                 self.seen = len(server.lines)
+                settled = self.opened == self.closed and self.opened >= self.expected
                 remaining = deadline - time.monotonic()
-                if self.opened == self.closed or remaining <= 0 or server.open_streams == 0:
-                    return self.opened == self.closed
+                if settled or remaining <= 0 or server.open_streams == 0:
+                    return settled
                 server.cond.wait(remaining)
 
 
