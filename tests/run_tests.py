@@ -49,6 +49,8 @@ each stage promises):
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
                      with A = C, and B exact on a run with known traffic
+appendix_epoll (Linux only) is a native program, run without Wine, held to 05-07's contract: every
+test above that applies to them runs against it, in seconds.
 and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
@@ -91,8 +93,8 @@ class Context:
 
     def __init__(self, stage, exe_dir, verbose):
         self.stage = stage
-        self.server_exe = os.path.join(exe_dir, stage.name, SERVER_EXE)
-        self.client_exe = os.path.join(exe_dir, stage.name, CLIENT_EXE)
+        self.server_exe = os.path.join(exe_dir, stage.name, stage.programs[0])
+        self.client_exe = os.path.join(exe_dir, stage.name, stage.programs[1])
         self.verbose = verbose
         self.servers = []
 
@@ -789,11 +791,14 @@ def test_ctrl_c(t):
 # ============================================================================ the stages
 class Stage:
     """What a stage promises. limit: clients served at once (None: one at a time, by design);
-    graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments."""
+    graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments;
+    programs: its server and client (native ones, without .exe, run without Wine)."""
 
     def __init__(self, name, limit, graceful, churn_cycles=600, modes=(), socket_pool=False,
-                 pooled_sessions=0):
+                 pooled_sessions=0, programs=(SERVER_EXE, CLIENT_EXE)):
         self.name, self.limit, self.graceful = name, limit, graceful
+        self.programs = programs
+        self.native = not programs[0].endswith(".exe")
         self.churn_cycles, self.modes, self.socket_pool = churn_cycles, modes, socket_pool
         self.pooled_sessions = pooled_sessions  # sessions made at start (06/07: 1,000 + 16)
 
@@ -807,6 +812,9 @@ STAGES = [
     Stage("06_iocp_acceptex", limit=1000, graceful=True, churn_cycles=2000, pooled_sessions=1016),
     Stage("07_socket_pool", limit=1000, graceful=True, churn_cycles=2000,
           modes=("disconnectex", "transmitfile"), socket_pool=True, pooled_sessions=1016),
+    # The Linux appendix: the same contract as 05-07, native (epoll), built by cc, not on Windows.
+    Stage("appendix_epoll", limit=1000, graceful=True, churn_cycles=2000,
+          programs=("EchoServ_epoll", "StableEchoClnt")),
 ]
 
 
@@ -885,7 +893,7 @@ def selected(name, patterns):
 
 
 def run_stage(stage, exe_dir, args, results):
-    missing = [exe for exe in (SERVER_EXE, CLIENT_EXE)
+    missing = [exe for exe in stage.programs
                if not os.path.isfile(os.path.join(exe_dir, stage.name, exe))]
     if missing:
         results.report("FAIL", "%s build" % stage.name, None,
@@ -961,19 +969,23 @@ def main():
         stages = [by_name[s.rstrip("/\\")] for s in args.stages]
     else:
         stages = [s for s in STAGES if all(os.path.isfile(os.path.join(args.exe_dir, s.name, e))
-                                            for e in (SERVER_EXE, CLIENT_EXE))]
+                                            for e in s.programs)]
         if not stages:
             print("no stage has its two .exe files in %s (run make -f Makefile.win)"
                   % args.exe_dir, file=sys.stderr)
             return 2
 
-    if not ON_WINDOWS and shutil.which("wine") is None:
+    under_wine = not ON_WINDOWS and not all(s.native for s in stages)
+    if under_wine and shutil.which("wine") is None:
         print("wine is not on PATH: it runs the .exe files on Linux", file=sys.stderr)
         return 2
     raise_fd_limit()
     wineserver = Wineserver()
-    wineserver.start()
+    if under_wine:  # the appendix alone runs in seconds, with no Wine at all
+        wineserver.start()
     results = Results()
+    # the smoke runs use the last Wine stage given (the appendix when it is the only one)
+    smoke_stage = ([s for s in stages if not s.native] or stages)[-1].name
     try:
         if selected("clients_identical", args.k):
             t0 = time.monotonic()
@@ -983,11 +995,11 @@ def main():
             run_stage(stage, args.exe_dir, args, results)
         if selected("bench_smoke", args.k) and args.exe_dir == REPO:
             t0 = time.monotonic()
-            verdict, detail = run_guarded(test_bench_smoke, stages[-1].name)
+            verdict, detail = run_guarded(test_bench_smoke, smoke_stage)
             results.report(verdict, "bench_smoke", time.monotonic() - t0, detail)
         if selected("crosscheck_smoke", args.k) and args.exe_dir == REPO:
             t0 = time.monotonic()
-            verdict, detail = run_guarded(test_crosscheck_smoke, stages[-1].name)
+            verdict, detail = run_guarded(test_crosscheck_smoke, smoke_stage)
             results.report(verdict, "crosscheck_smoke", time.monotonic() - t0, detail)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
