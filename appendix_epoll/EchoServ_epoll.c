@@ -139,6 +139,7 @@ typedef struct SESSION {
     char peer[64];
     char buf[BUF_SIZE];
     int sendPos, sendLen;
+    bool peerClosed;                       /* an event said EPOLLRDHUP, EPOLLHUP or EPOLLERR */
     struct SESSION *prev, *next;           /* in the server's list of sessions, for the stop */
     bool ready;                            /* on the ready list: not drained yet */
     struct SESSION *readyPrev, *readyNext;
@@ -246,7 +247,8 @@ static bool WatchEdges(SERVER *server, int fd, void *ptr)
     struct epoll_event ev;
 
     memset(&ev, 0, sizeof(ev));
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLET; /* EPOLLERR and EPOLLHUP come without asking */
+    /* EPOLLRDHUP: the peer's FIN (EPOLLERR and EPOLLHUP come without asking). */
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = ptr;
     return epoll_ctl(server->hEpoll, EPOLL_CTL_ADD, fd, &ev) == 0;
 }
@@ -312,7 +314,11 @@ static SESSION_STATE SendPending(SERVER *server, SESSION *session)
 /* Echoes what the client has sent, in rounds of one recv() and its send(), until a call fails with
  * EAGAIN (drained: the next edge will say when there is more), the client closes, or the turn's
  * rounds are used up (SESSION_MORE: it stays on the ready list). A session whose echo has not gone
- * out is not read: its client's next bytes wait in the kernel's receive buffer. */
+ * out is not read: its client's next bytes wait in the kernel's receive buffer.
+ * A short read ends the drain as EAGAIN would: recv() returned less than asked, so the receive
+ * buffer was empty, and bytes that come later make a new edge (epoll(7) allows this for stream
+ * sockets; it saves one recv() a message). Except once the peer has closed: its FIN may already
+ * sit behind those bytes, announced by an edge that is past, so read on to the 0. */
 static SESSION_STATE ServeSession(SERVER *server, SESSION *session)
 {
     int round;
@@ -336,6 +342,10 @@ static SESSION_STATE ServeSession(SERVER *server, SESSION *session)
         }
         session->sendPos = 0;
         session->sendLen = (int)strLen;
+        if (strLen < BUF_SIZE && !session->peerClosed) {
+            state = SendPending(server, session);
+            return state == SESSION_MORE ? SESSION_WAIT : state; /* drained, echo sent or waiting */
+        }
     }
     return SESSION_MORE;
 }
@@ -416,13 +426,11 @@ static bool AcceptClient(SERVER *server)
     server->sessions = session;
     server->numSessions++;
     LogLine("Connected client %s", session->peer);
+    /* Bytes that came before this are not lost: registering reports what is ready already. */
     if (!WatchEdges(server, hClntSock, session)) {
         ReportError("epoll_ctl()", errno);
         CloseSession(server, session);
-        return true;
     }
-    /* Its bytes may have arrived before it was registered: that edge is past, so look now. */
-    MarkReady(server, session);
     return true;
 }
 
@@ -506,8 +514,12 @@ static void ServeClients(SERVER *server)
                 OnSignal(server);
             else if (ptr == &server->listenerMark)
                 server->listenerReady = true;
-            else
-                MarkReady(server, (SESSION *)ptr);
+            else {
+                SESSION *session = ptr;
+                if (events[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                    session->peerClosed = true; /* sticky: from now on, read to the end */
+                MarkReady(server, session);
+            }
         }
         if (server->stopping)
             break;
