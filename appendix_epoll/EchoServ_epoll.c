@@ -6,7 +6,8 @@
  * BECOMES readable or writable, not while it is. Each socket is registered once, for both
  * directions, and never touched again with epoll_ctl. The price of edges: after an event the
  * program must read (or accept, or send) until the call fails with EAGAIN, or it will not hear
- * about that socket again. So every I/O here is a drain loop.
+ * about that socket again. So every I/O here is a drain loop. (A recv that returns less than it
+ * was asked for has drained the socket too, unless the client's FIN is behind: see ServeSession.)
  *
  * Readiness against completion (stages 03-07): epoll says "you may read now" and the program
  * then calls recv itself; IOCP says "your read is done", into a buffer the program lent the kernel
@@ -501,7 +502,9 @@ static void ServeClients(SERVER *server)
     struct epoll_event events[MAX_EVENTS];
 
     while (!server->stopping) {
-        int n = epoll_wait(server->hEpoll, events, MAX_EVENTS, WaitTimeoutMs(server)), i;
+        int n, i;
+
+        n = epoll_wait(server->hEpoll, events, MAX_EVENTS, WaitTimeoutMs(server));
         if (n < 0) {
             if (errno == EINTR)
                 continue; /* a signal we do not block (a debugger's SIGCONT...): wait again */
