@@ -2,8 +2,8 @@
  * appendix_epoll/EchoServ_epoll.c - the same echo server on Linux: edge-triggered epoll.
  *
  * Appendix to the seven Windows stages. One thread, every socket non-blocking, as in 02; but the
- * wait is epoll, not select, and it is edge-triggered (EPOLLET): epoll_wait reports a socket when it
- * BECOMES readable or writable, not while it is. Each socket is registered once, for both
+ * wait is epoll, not select, and it is edge-triggered (EPOLLET): epoll_wait reports a socket
+ * when it BECOMES readable or writable, not while it is. Each socket is registered once, for both
  * directions, and never touched again with epoll_ctl. The price of edges: after an event the
  * program must read (or accept, or send) until the call fails with EAGAIN, or it will not hear
  * about that socket again. So every I/O here is a drain loop. (A recv that returns less than it
@@ -59,7 +59,8 @@
 
 /* ---------------------------------------------------------------- errors and log lines
  * The Linux counterpart of common/ErrorHandling.h (a Windows header): the same line shapes, with
- * errno's name and strerror's text:  bind() failed: error 98 (EADDRINUSE): Address already in use */
+ * errno's name and strerror's text:
+ *   bind() failed: error 98 (EADDRINUSE): Address already in use */
 
 typedef struct {
     int code;

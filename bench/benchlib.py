@@ -24,7 +24,7 @@ BENCH_EXE = os.path.join(HERE, "echo_bench.exe" if ON_WINDOWS else "echo_bench")
 
 
 def server_exe(stage):
-    """A stage's server: the Windows .exe (run through Wine on Linux), or the appendix's native one."""
+    """A stage's server: the Windows .exe (through Wine on Linux), or the appendix's native one."""
     name = "EchoServ_epoll" if stage in NATIVE_STAGES else "EchoServ_win.exe"
     return os.path.join(ROOT, stage, name)
 
