@@ -10,7 +10,8 @@
   Wineserver      the one persistent wineserver the suite may own (Linux only)
 
 Every wait here is bounded; a wait that runs out raises Fail with what was seen so far.
-On Linux each .exe runs through `wine`; on Windows it runs directly.
+On Linux each .exe runs through `wine`; on Windows it runs directly. A native program (a name
+without .exe) runs directly everywhere.
 """
 import os
 import re
@@ -38,8 +39,10 @@ class Skip(Exception):
 
 
 def command(exe, args):
-    """The command line that runs a Windows program: directly on Windows, through wine elsewhere."""
-    return ([exe] if ON_WINDOWS else ["wine", exe]) + [str(a) for a in args]
+    """The command line that runs a program: a Windows program (.exe) directly on Windows and
+    through wine elsewhere; a native one (no .exe: the Linux appendix, appendix_epoll) directly."""
+    native = ON_WINDOWS or not exe.lower().endswith(".exe")
+    return ([exe] if native else ["wine", exe]) + [str(a) for a in args]
 
 
 # Every process the suite starts, so that none outlives it (killed by PID at exit, never by name).

@@ -1,0 +1,174 @@
+/*
+ * appendix_epoll/StableEchoClnt.c - the stages' StableEchoClnt_win.c, on POSIX sockets.
+ *
+ * The same client, line for line, with Winsock's names replaced by POSIX ones (SOCKET -> int,
+ * closesocket -> close, WSAGetLastError -> errno, no WSAStartup): it waits for every byte it sent.
+ * TCP is a byte stream, not a message service: one send() may come back in several recv()s, so
+ * after sending a line it calls recv() until exactly as many bytes as it sent are back, asking
+ * only for what is still missing, and treats 0 (the server closed) and -1 as the end.
+ *
+ * Build: cc -std=c11 -pedantic -Wall -Wextra -Wvla -O2 -o StableEchoClnt StableEchoClnt.c
+ * Run:   ./StableEchoClnt <IP> <port>
+ */
+#define _POSIX_C_SOURCE 200809L /* getaddrinfo */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netdb.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BUF_SIZE 8192
+
+/* A failure the client cannot go on after: the call, errno's text, exit code 1. */
+static void ErrorHandlingCode(const char *funcName, int code, const char *text)
+{
+    fprintf(stderr, "%s failed: error %d: %s\n", funcName, code, text);
+    exit(1);
+}
+
+static void ErrorHandling(const char *funcName)
+{
+    int code = errno;
+    ErrorHandlingCode(funcName, code, strerror(code));
+}
+
+/* Reads one line from stdin, its '\n' included, into *line (grown as needed).
+ * Returns the line's length, 0 at the end of input. Binary-safe: no str* function. */
+static size_t ReadLine(char **line, size_t *capacity)
+{
+    size_t len = 0;
+    int c;
+
+    while ((c = getchar()) != EOF) {
+        if (len == *capacity) {
+            char *bigger = realloc(*line, *capacity * 2);
+            if (bigger == NULL) {
+                fprintf(stderr, "Out of memory for a line of %lu bytes\n", (unsigned long)len);
+                exit(1);
+            }
+            *line = bigger;
+            *capacity *= 2;
+        }
+        (*line)[len++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    return len;
+}
+
+/* "Q" or "q", alone on its line. */
+static bool IsQuit(const char *line, size_t len)
+{
+    if (len == 2 && line[1] == '\n')
+        len = 1;
+    return len == 1 && (line[0] == 'Q' || line[0] == 'q');
+}
+
+/* Connects to ip:port (a name such as "localhost" works too); exits 1 with the reason if it can't. */
+static int ConnectToServer(const char *ip, const char *port)
+{
+    struct addrinfo hints, *result, *ai;
+    int err = 0;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    err = getaddrinfo(ip, port, &hints, &result);
+    if (err != 0)
+        ErrorHandlingCode("getaddrinfo()", err, gai_strerror(err));
+
+    for (ai = result; ai != NULL; ai = ai->ai_next) {
+        int hSocket = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (hSocket < 0)
+            ErrorHandling("socket()");
+        if (connect(hSocket, ai->ai_addr, ai->ai_addrlen) == 0) {
+            freeaddrinfo(result);
+            return hSocket;
+        }
+        err = errno; /* e.g. ECONNREFUSED: nobody listens on that port */
+        close(hSocket);
+    }
+    freeaddrinfo(result);
+    ErrorHandlingCode("connect()", err, strerror(err));
+    return -1; /* not reached */
+}
+
+/* send() may take fewer bytes than asked: loop until every byte is out. MSG_NOSIGNAL: a server
+ * that has reset the connection is an EPIPE error here, not a SIGPIPE that kills the client. */
+static void SendAll(int hSocket, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t sent = send(hSocket, buf, len, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            ErrorHandling("send()");
+        }
+        buf += sent;
+        len -= (size_t)sent;
+    }
+}
+
+/* Receives exactly len bytes: asks only for what is still missing; 0 or an error ends the client. */
+static void RecvExactly(int hSocket, char *buf, size_t len)
+{
+    size_t readLen = 0;
+
+    while (readLen < len) {
+        ssize_t strLen = recv(hSocket, buf + readLen, len - readLen, 0);
+        if (strLen == 0) /* the server closed before echoing everything */
+            ErrorHandlingCode("recv()", 0, "the server closed the connection before echoing it all");
+        if (strLen < 0) {
+            if (errno == EINTR)
+                continue;
+            ErrorHandling("recv()"); /* e.g. ECONNRESET: the server reset the connection */
+        }
+        readLen += (size_t)strLen;
+    }
+}
+
+int main(int argc, char *argv[])
+{
+    int hSocket;
+    size_t capacity = BUF_SIZE, len;
+    char *message;
+
+    if (argc != 3) {
+        fprintf(stderr, "Usage: %s <IP> <port>\n", argv[0]);
+        exit(1);
+    }
+    message = malloc(capacity);
+    if (message == NULL) {
+        fprintf(stderr, "Out of memory\n");
+        exit(1);
+    }
+
+    hSocket = ConnectToServer(argv[1], argv[2]);
+
+    for (;;) {
+        fputs("Input message(Q to quit): ", stdout);
+        fflush(stdout);
+        len = ReadLine(&message, &capacity);
+        if (len == 0 || IsQuit(message, len))
+            break;
+
+        SendAll(hSocket, message, len);
+        RecvExactly(hSocket, message, len);
+
+        fputs("Message from server: ", stdout);
+        fwrite(message, 1, len, stdout);
+        if (message[len - 1] != '\n') /* the last line of the input had no newline */
+            putchar('\n');
+        fflush(stdout);
+    }
+
+    free(message);
+    close(hSocket);
+    return 0;
+}
