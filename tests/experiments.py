@@ -24,7 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ON_WINDOWS, EchoLoad, Fail, Server, Skip, connect,  # noqa: E402
+from harness import (ON_WINDOWS, EchoLoad, Fail, Server, Skip, Wineserver, connect,  # noqa: E402
                      echo_exact, exchange, kill_leftovers, push_without_reading, random_bytes,
                      reset, run_program, wait_io)
 
@@ -41,6 +41,30 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def wineserver_pid():
+    """The PID of the wineserver serving this WINEPREFIX (Linux), or None. Its working
+    directory is named after the prefix's device and inode: server-<dev>-<inode>."""
+    if ON_WINDOWS:
+        return None
+    try:
+        prefix = os.stat(os.environ.get("WINEPREFIX") or os.path.expanduser("~/.wine"))
+    except OSError:
+        return None
+    wanted = "server-%x-%x" % (prefix.st_dev, prefix.st_ino)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % entry) as comm:
+                if not comm.read().startswith("wineserver"):
+                    continue
+            if os.path.basename(os.readlink("/proc/%s/cwd" % entry)) == wanted:
+                return int(entry)
+        except OSError:
+            continue
+    return None
 
 
 def pending_connects(port, count, wait):
@@ -85,7 +109,9 @@ def measure_listen5(exe, short):
 
 
 def measure_busy_poll(exe, short):
-    """CPU seconds the server uses per second of wall time with a few idle clients."""
+    """CPU seconds per second of wall time with a few idle clients: the server's own, and the
+    server's plus the wineserver's (under Wine every socket call the spinning loop makes is a
+    request to the wineserver, which does half of the work; on a busy machine the split varies)."""
     if ON_WINDOWS:
         raise Skip("the CPU time is read from Linux's /proc (on Windows: Task Manager)")
     window = 1.5 if short else 3.0
@@ -94,16 +120,19 @@ def measure_busy_poll(exe, short):
         try:
             for i, sock in enumerate(clients):
                 echo_exact(sock, b"idle client %d\n" % i, 10, "idle client %d: echo" % i)
-            cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
+            pids = [srv.proc.pid, wineserver_pid()]
+            before, t0 = [cpu_seconds(pid) if pid else 0.0 for pid in pids], time.monotonic()
             time.sleep(window)  # a measuring window, not a synchronisation
-            cpu1, t1 = cpu_seconds(srv.proc.pid), time.monotonic()
+            after, t1 = [cpu_seconds(pid) if pid else 0.0 for pid in pids], time.monotonic()
             echo_exact(clients[0], b"still echoing\n", 10, "after the window: echo")
         finally:
             for sock in clients:
                 sock.close()
-    if cpu0 is None or cpu1 is None:
+    if None in before + after:
         raise Skip("no /proc/PID/stat for the server")
-    return {"clients": 5, "window": t1 - t0, "cpu": (cpu1 - cpu0) / (t1 - t0)}
+    used = [(b - a) / (t1 - t0) for a, b in zip(before, after)]
+    return {"clients": 5, "window": t1 - t0, "cpu": used[0], "total": used[0] + used[1],
+            "wineserver": pids[1] is not None}
 
 
 def measure_no_backpressure(exe, short):
@@ -329,7 +358,7 @@ class Experiment:
         return os.path.join(exe_dir, self.stage, "EchoServ_win.exe")
 
 
-limit_text = "the limit (2 s short, 5 s full)"
+limit_text = "the limit (5 s; the suite: 2 s)"
 
 
 def fmt_ms(x):
@@ -353,9 +382,11 @@ EXPERIMENTS = [
         13, measure_busy_poll,
         [("idle clients", lambda f: "%d" % f["clients"]),
          ("window", lambda f: "%.1f s" % f["window"]),
-         ("server CPU s per wall s", lambda f: "%.2f" % f["cpu"])],
-        lambda f: f["cpu"] >= 0.3,
-        "the server uses at least 0.3 CPU s per second of wall time"),
+         ("server CPU s per wall s", lambda f: "%.2f" % f["cpu"]),
+         ("server + wineserver CPU s per wall s", lambda f: "%.2f" % f["total"]
+          if f["wineserver"] else "(no wineserver found)")],
+        lambda f: f["total"] >= 0.3,
+        "the server (with its wineserver) uses at least 0.3 CPU s per second of wall time"),
     Experiment(
         "02_nonblocking_select", "no_backpressure",
         "reads a client that does not read its echo and buffers it all: memory grows",
@@ -508,6 +539,8 @@ def main(argv):
     exp = find(argv[0], argv[1])
     print("%s/%s: %s" % (exp.stage, exp.name, exp.purpose), flush=True)
     started = time.monotonic()
+    wineserver = Wineserver()  # one wineserver for both runs, as the suite does
+    wineserver.start()
     try:
         results = run(exp, short)
     except (Fail, Skip) as err:
@@ -515,6 +548,7 @@ def main(argv):
         return 1
     finally:
         kill_leftovers()
+        wineserver.stop()
     print(table(exp, results))
     verdicts = ["%s: %s" % (title, "past the threshold" if exp.broken(f) else "within it")
                 for title, f in results.items() if isinstance(f, dict)]
