@@ -332,7 +332,9 @@ def measure_key_demo(exe, short):
                  if line.startswith(("key: ", "overlapped: ")))
     second = ("failed, error 87" if b"CreateIoCompletionPort() failed: error 87" in err
               else "succeeded" if "associated with key B" in text else "?")
-    return {"notes' way: session from the key": {"second": second, "session": found.get("key")},
+    output = (text + err.decode("utf-8", "replace").replace("\r\n", "\n")).rstrip("\n")
+    return {"notes' way: session from the key": {"second": second, "session": found.get("key"),
+                                                 "output": output},
             "07's way: session from the OVERLAPPED": {"second": second,
                                                       "session": found.get("overlapped")}}
 
@@ -549,6 +551,9 @@ def main(argv):
     finally:
         kill_leftovers()
         wineserver.stop()
+    for figures in results.values():
+        if "output" in figures:  # a standalone program: what it printed (stdout, then stderr)
+            print(figures["output"])
     print(table(exp, results))
     verdicts = ["%s: %s" % (title, "past the threshold" if exp.broken(f) else "within it")
                 for title, f in results.items() if isinstance(f, dict)]
