@@ -412,7 +412,7 @@ EXPERIMENTS = [
         "a newcomer waits more than 1 s for its first echo (or gets none)"),
     Experiment(
         "04_completion_routine", "notes_sleepex_loop",
-        "the notes' one-thread SleepEx(100, TRUE) + accept loop: under load nobody new is accepted",
+        "the notes' one-thread SleepEx(100, TRUE) + accept loop: under load new clients wait or starve",
         41, measure_sleepex_loop,
         [("idle server: new clients' first echo, median", lambda f: fmt_ms(f["idle_median"])),
          ("idle server: worst", lambda f: fmt_ms(f["idle_worst"])),

@@ -4,8 +4,8 @@
  *     i = WSAWaitForMultipleEvents(...) - WSA_WAIT_EVENT_0 - 1;  ... sessions[i] only ...
  * The wait returns the LOWEST signalled index. Expect: with a few clients echoing flat out, a busy
  * client at a low index is set again almost as soon as it is serviced, so the clients after it,
- * and every newcomer (it gets the highest index), wait for a moment when none before them is set;
- * under load that never comes. The stage looks at every event after each wake-up.
+ * and every newcomer (it gets the highest index), wait for a moment when none before them is set:
+ * seconds, or under enough load forever. The stage looks at every event after each wake-up.
  *   make -f Makefile.win experiment STAGE=03_overlapped_event NAME=lowest_index
  *   diff -u 03_overlapped_event/EchoServ_win.c 03_overlapped_event/experiments/lowest_index.c
  *

@@ -4,10 +4,10 @@
  * thread: a non-blocking listener, SleepEx(100, TRUE) to run the routines queued so far, then one
  * accept(); WSAEWOULDBLOCK means nobody waits: sleep again. The routines are the stage's, and each
  * new client's first WSARecv is posted from this same thread (StartSession, queued to itself).
- * Expect: an idle server accepts each client up to 100 ms late; with a few clients echoing flat
- * out, SleepEx never returns (an alertable wait returns only once the APC queue is empty, and each
- * routine queues the next), so accept() is never called again: new clients connect (the kernel's
- * backlog) but are never served. The README's table.
+ * Expect: an idle server accepts each client up to 100 ms late; with clients echoing flat out,
+ * SleepEx rarely or never returns (an alertable wait returns only once the APC queue is empty, and
+ * each routine queues the next), so accept() is not called: new clients connect (the kernel's
+ * backlog) and wait seconds for their first echo, or forever. The README's tables.
  *   make -f Makefile.win experiment STAGE=04_completion_routine NAME=notes_sleepex_loop
  *   diff -u 04_completion_routine/EchoServ_win.c 04_completion_routine/experiments/notes_sleepex_loop.c
  *
