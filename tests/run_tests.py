@@ -49,7 +49,10 @@ each stage promises):
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
                      with A = C, and B exact on a run with known traffic
-and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+  experiment_NAME    each lesson's broken variant (NN_name/experiments/, tests/experiments.py) in
+                     a short form: the variant past its README's threshold, the stage not
+and once: experiment_budgets (each variant differs from its stage's current EchoServ_win.c by at
+most its lesson's lines; every experiments/*.c is listed), clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
