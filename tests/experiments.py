@@ -467,7 +467,7 @@ EXPERIMENTS = [
         "a newcomer waits more than 1 s for its first echo (or gets none)"),
     Experiment(
         "04_completion_routine", "notes_sleepex_loop",
-        "the notes' one-thread SleepEx(100, TRUE) + accept loop: under load new clients wait or starve",
+        "the notes' SleepEx(100, TRUE) + accept loop on one thread: under load new clients starve",
         41, measure_sleepex_loop,
         [("idle server: new clients' first echo, median", lambda f: fmt_ms(f["idle_median"])),
          ("idle server: worst", lambda f: fmt_ms(f["idle_worst"])),
@@ -544,8 +544,8 @@ def diff_lines(exp):
         stage = f.read().splitlines()
     with open(exp.source(), encoding="utf-8") as f:
         variant = f.read().splitlines()
-    return sum(1 for line in difflib.unified_diff(stage, variant, lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---")))
+    lines = list(difflib.unified_diff(stage, variant, lineterm="", n=0))[2:]  # not ---/+++
+    return sum(1 for line in lines if line[:1] in "+-")
 
 
 def table(exp, figures):
