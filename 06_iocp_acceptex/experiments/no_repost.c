@@ -1,8 +1,8 @@
 /*
  * EXPERIMENT no_repost (a variant, not a server to copy): a session whose AcceptEx failed (a client
- * that reset before it was accepted: error 59 under Wine, 10054/64 on Windows) is not given back
+ * that reset before it was accepted: error 59 under Wine; not measured on Windows) is not given back
  * to accepting, as in servers that repost only after serving a client. Checklist item 7 of the
- * README; the notes' IOCP_Server reposts only from its disconnect path. The one changed line is in
+ * README (the notes' IOCP_Server does not say what follows a failed accept). The change is in
  * CloseSession (the session is parked instead, so that Ctrl+C still stops). Expect: each failed
  * accept takes one of the pool's 1,016 sessions out for good; after enough clients that connect
  * and reset at once, no AcceptEx is pending and nobody is served: a new client connects (the
