@@ -1,7 +1,7 @@
 /*
  * EXPERIMENT listen5 (a variant, not a server to copy): the book's listen(hServSock, 5) instead of
- * SOMAXCONN. It comes from the book's echo servers (윤성우, every listing listens with 5) and
- * changes only the listen() line. Expect: while the server is busy with one client, a burst of a few
+ * SOMAXCONN. It comes from the book's echo servers (윤성우's listings, IOCPEchoServ_win.c among
+ * them, listen with 5) and changes only the listen() line. Expect: while the server is busy with one client, a burst of a few
  * hundred connects completes only for the first few (a backlog of 5: 6 under Linux/Wine); the
  * others wait for their SYN to be retried (1 s, 3 s, ...) or, on Windows, are refused. The stage
  * (SOMAXCONN) completes them all at once.

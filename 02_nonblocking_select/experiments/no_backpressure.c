@@ -1,7 +1,7 @@
 /*
  * EXPERIMENT no_backpressure (a variant, not a server to copy): the session keeps reading while its
  * echo is still waiting to be sent, and buffers everything (a buffer that grows with realloc), as
- * the select() samples that "queue the rest for later" do. The stage reads a client only once all
+ * a server that queues whatever it cannot send yet does. The stage reads a client only once all
  * it received is echoed, so a client that never reads is stopped by TCP flow control. Expect: a
  * client that sends and never reads makes this server's memory grow by about what it pushed (tens
  * of MiB in seconds, without bound), where the stage's stays flat and the push stalls near 8 MiB.
