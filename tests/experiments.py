@@ -447,7 +447,7 @@ EXPERIMENTS = [
     Experiment(
         "02_nonblocking_select", "no_backpressure",
         "reads a client that does not read its echo and buffers it all: memory grows",
-        36, measure_no_backpressure,
+        38, measure_no_backpressure,
         [("pushed without reading", lambda f: "%.1f MiB" % f["pushed"]),
          ("server memory growth", lambda f: "%+.1f MiB" % f["growth"])],
         lambda f: f["growth"] >= 16,

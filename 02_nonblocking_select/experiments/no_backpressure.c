@@ -5,6 +5,8 @@
  * it received is echoed, so a client that never reads is stopped by TCP flow control. Expect: a
  * client that sends and never reads makes this server's memory grow by about what it pushed (tens
  * of MiB in seconds, without bound), where the stage's stays flat and the push stalls near 8 MiB.
+ * A second cost of the same change: reading ahead, it sees a half-close while echo is still
+ * waiting, and closes at once, losing it (the suite's half_close fails on it; the stage never does).
  *   make -f Makefile.win experiment STAGE=02_nonblocking_select NAME=no_backpressure
  *   diff -u 02_nonblocking_select/EchoServ_win.c 02_nonblocking_select/experiments/no_backpressure.c
  *
