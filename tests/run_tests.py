@@ -56,9 +56,13 @@ each stage promises):
                      close: once read, a new client is echoed within 1 s, no cycle lost, A = C
   stalled_stderr     (06) stderr full and unread while a session's accept fails: 20 clients
                      are still echoed (the failing thread holds no lock while it writes)
+  experiment_NAME    each lesson's broken variant (NN_name/experiments/, tests/experiments.py) in
+                     a short form: the variant past its README's threshold, the stage not
 appendix_epoll (Linux only) is a native program, run without Wine, held to 05-07's contract: every
 test above that applies to them runs against it, in seconds.
-and once: clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+and once: experiment_budgets (each variant differs from its stage's current EchoServ_win.c by at
+most its lesson's lines; every experiments/*.c is listed),
+clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
 no_deprecated_names (no stage, common/ or bench/ calls what MSVC marks deprecated, C4996),
 workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
@@ -87,6 +91,7 @@ from harness import (ON_WINDOWS, STOP_LIMIT, ClientCount, EchoLoad, Fail, Server
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
+import experiments  # noqa: E402  (the lessons' broken variants: tests/experiments.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_EXE, CLIENT_EXE = "EchoServ_win.exe", "StableEchoClnt_win.exe"
@@ -1145,6 +1150,51 @@ def test_stalled_stderr(t):
 
 
 # ============================================================================ the stages
+def test_experiment(exp):
+    """One lesson's experiment in its short form: the variant past the README's threshold, the
+    stage not (a "bug" that stops failing fails this test)."""
+    def test(t):
+        exe_dir = os.path.dirname(os.path.dirname(t.server_exe))
+        results = experiments.run(exp, short=True, exe_dir=exe_dir)
+        (variant_title, variant), (stage_title, stage) = list(results.items())
+        shown = "; ".join("%s: %s" % (title, ", ".join(
+            "%s %s" % (label, cell(f)) for label, cell in exp.rows[1:]))
+            for title, f in results.items())
+        if not exp.broken(variant):
+            raise Fail("%s no longer shows its failure (%s): %s" % (variant_title, exp.threshold,
+                                                                    shown))
+        if exp.broken(stage):
+            raise Fail("%s fails the lesson's measurement (%s): %s" % (stage_title, exp.threshold,
+                                                                       shown))
+        return shown
+    return test
+
+
+def test_experiment_budgets(stages):
+    """Every server variant differs from its stage's current EchoServ_win.c by at most its
+    lesson's lines (experiments.EXPERIMENTS holds the budgets), and every NN_name/experiments/*.c
+    is a listed experiment: a change to a stage must be carried into its variants."""
+    listed = {(exp.stage, exp.name) for exp in experiments.EXPERIMENTS}
+    for stage in stages:
+        folder = os.path.join(REPO, stage.name, "experiments")
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".c") and (stage.name, name[:-2]) not in listed:
+                raise Fail("%s/experiments/%s is not in tests/experiments.py's EXPERIMENTS"
+                           % (stage.name, name))
+    figures = []
+    for exp in experiments.EXPERIMENTS:
+        if exp.standalone:
+            continue
+        lines = experiments.diff_lines(exp)
+        if lines > exp.budget:
+            raise Fail("%s/experiments/%s.c differs from %s/EchoServ_win.c by %d lines, its lesson "
+                       "by %d: carry the stage's changes into it (git merge-file), or update the "
+                       "budget if the lesson itself changed" % (exp.stage, exp.name, exp.stage,
+                                                                lines, exp.budget))
+        figures.append("%s %d/%d" % (exp.name, lines, exp.budget))
+    return ", ".join(figures)
+
+
 class Stage:
     """What a stage promises. limit: clients served at once (None: one at a time, by design);
     graceful: Ctrl+C ends with the Shutdown line and exit 0; modes: valid 2nd arguments;
@@ -1205,7 +1255,8 @@ TESTS = [
     ("unread_stdout", test_unread_stdout, lambda s: s.graceful),
     ("stalled_stderr", test_stalled_stderr,
      lambda s: (s.pooled_sessions > 0 and not s.socket_pool) or False),
-]
+] + [("experiment_" + exp.name, test_experiment(exp), lambda s, exp=exp: s.name == exp.stage)
+     for exp in experiments.EXPERIMENTS]
 
 
 # ============================================================================ main
@@ -1294,6 +1345,7 @@ def run_stage(stage, exe_dir, args, results):
 # PASS lines of these tests carry their figures even without -v.
 SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_transmitfile_churn, test_slow_reader,
                 test_over_limit, test_fd_shortage, test_unread_stdout}
+SHOW_FIGURES.update(function for name, function, _ in TESTS if name.startswith("experiment_"))
 
 
 def raise_fd_limit():
@@ -1364,6 +1416,10 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_msvc_flags_match)
             results.report(verdict, "msvc_flags_match", time.monotonic() - t0, detail)
+        if selected("experiment_budgets", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_experiment_budgets, STAGES)
+            results.report(verdict, "experiment_budgets", time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
         if selected("client_count", args.k) and args.exe_dir == REPO and \

@@ -1,0 +1,177 @@
+/*
+ * EXPERIMENT listen5 (a variant, not a server to copy): the book's listen(hServSock, 5) instead of
+ * SOMAXCONN. It comes from the book's echo servers (윤성우's listings, IOCPEchoServ_win.c among
+ * them, listen with 5) and changes only the listen() line. Expect: while the server is busy with one client, a burst of a few
+ * hundred connects completes only for the first few (a backlog of 5: 6 under Linux/Wine); the
+ * others wait for their SYN to be retried (1 s, 3 s, ...) or, on Windows, are refused. The stage
+ * (SOMAXCONN) completes them all at once.
+ *   make -f Makefile.win experiment STAGE=01_blocking NAME=listen5
+ *   diff -u 01_blocking/EchoServ_win.c 01_blocking/experiments/listen5.c
+ *
+ * 01_blocking/EchoServ_win.c - an iterative blocking echo server.
+ *
+ * Stage 1 of 7. The simplest server there is: socket, bind, listen, then accept ONE client and
+ * echo until it closes, then accept the next. Every call blocks the only thread, so a second client
+ * waits in the listen backlog until the first one leaves. That is the limit the next stages remove.
+ *
+ * What it already does right (and the famous samples do not):
+ *   - send() may take fewer bytes than asked: SendAll loops until every byte is out.
+ *   - recv() returning 0 (the client closed) or SOCKET_ERROR (a reset) ends that client only.
+ *   - accept() failing concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *
+ * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
+ * Run:   EchoServ_win.exe <port>      (0 picks a free port)
+ */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../common/ErrorHandling.h"
+
+#define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
+
+/* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
+static unsigned short ParsePort(int argc, char *argv[])
+{
+    char *end = NULL;
+    long port = -1;
+
+    if (argc == 2)
+        port = strtol(argv[1], &end, 10);
+    if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
+        fprintf(stderr, "Usage: %s <port>   (0 to 65535; 0 picks a free port)\n", argv[0]);
+        exit(1);
+    }
+    return (unsigned short)port;
+}
+
+/* Ctrl+C / Ctrl+Break: nothing here needs saving, so return FALSE and let the default handler
+ * end the process; Windows then closes every socket. (05-07 stop gracefully instead.) */
+static BOOL WINAPI CtrlHandler(DWORD ctrlType)
+{
+    if (ctrlType == CTRL_C_EVENT || ctrlType == CTRL_BREAK_EVENT)
+        LogLine("Stopping");
+    return FALSE;
+}
+
+/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+static SOCKET OpenListenSocket(unsigned short port)
+{
+    SOCKET hServSock;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
+
+    hServSock = socket(PF_INET, SOCK_STREAM, IPPROTO_TCP);
+    if (hServSock == INVALID_SOCKET)
+        ErrorHandling("socket()");
+
+    memset(&servAdr, 0, sizeof(servAdr));
+    servAdr.sin_family = AF_INET;
+    servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
+    servAdr.sin_port = htons(port);
+    if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
+        ErrorHandling("bind()");
+    /* THE LESSON: the book's backlog of 5. Most of a burst of clients is refused or waits. */
+    if (listen(hServSock, 5) == SOCKET_ERROR)
+        ErrorHandling("listen()");
+
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
+    return hServSock;
+}
+
+/* "127.0.0.1:54321", for the log. */
+static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
+{
+    char host[INET_ADDRSTRLEN] = "?";
+    getnameinfo((const SOCKADDR *)adr, sizeof(*adr), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+    snprintf(text, textSize, "%s:%u", host, ntohs(adr->sin_port));
+}
+
+/* send() may take fewer bytes than asked (a "short send"): loop until every byte is out. */
+static BOOL SendAll(SOCKET hSock, const char *buf, int len)
+{
+    while (len > 0) {
+        int sent = send(hSock, buf, len, 0);
+        if (sent == SOCKET_ERROR) {
+            ReportError("send()", WSAGetLastError());
+            return FALSE;
+        }
+        buf += sent;
+        len -= sent;
+    }
+    return TRUE;
+}
+
+/* Echoes one client until it closes or fails. The thread is blocked in here the whole time. */
+static void EchoClient(SOCKET hClntSock)
+{
+    char buf[BUF_SIZE];
+
+    for (;;) {
+        int strLen = recv(hClntSock, buf, BUF_SIZE, 0);
+        if (strLen == 0)
+            return; /* the client closed (or half-closed): every byte it sent is back already */
+        if (strLen == SOCKET_ERROR) {
+            ReportError("recv()", WSAGetLastError()); /* e.g. 10054: the client reset */
+            return;
+        }
+        if (!SendAll(hClntSock, buf, strLen))
+            return;
+    }
+}
+
+/* Accepts one client at a time and echoes it until it leaves. Never returns. */
+static void ServeClients(SOCKET hServSock)
+{
+    for (;;) {
+        SOCKET hClntSock;
+        SOCKADDR_IN clntAdr;
+        int adrSz = sizeof(clntAdr);
+        char peer[64];
+
+        hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
+        if (hClntSock == INVALID_SOCKET) {
+            int err = WSAGetLastError();
+            ReportError("accept()", err);
+            /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+               Anything else (out of sockets or memory) would fail again at once: wait, not spin. */
+            if (err != WSAECONNRESET && err != WSAENOTCONN)
+                Sleep(ACCEPT_BACKOFF_MS);
+            continue;
+        }
+        FormatAddress(&clntAdr, peer, sizeof(peer));
+        LogLine("Connected client %s", peer);
+
+        EchoClient(hClntSock);
+
+        closesocket(hClntSock);
+        LogLine("Closed client %s", peer);
+    }
+}
+
+int main(int argc, char *argv[])
+{
+    WSADATA wsaData;
+    SOCKET hServSock;
+    unsigned short port = ParsePort(argc, argv);
+    int err;
+
+    err = WSAStartup(MAKEWORD(2, 2), &wsaData);
+    if (err != 0)
+        ErrorHandlingCode("WSAStartup()", (DWORD)err);
+    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+        ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+
+    hServSock = OpenListenSocket(port);
+    ServeClients(hServSock);
+
+    closesocket(hServSock);
+    WSACleanup();
+    return 0;
+}

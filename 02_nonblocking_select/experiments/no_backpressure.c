@@ -1,0 +1,282 @@
+/*
+ * EXPERIMENT no_backpressure (a variant, not a server to copy): the session keeps reading while its
+ * echo is still waiting to be sent, and buffers everything (a buffer that grows with realloc), as
+ * a server that queues whatever it cannot send yet does. The stage reads a client only once all
+ * it received is echoed, so a client that never reads is stopped by TCP flow control. Expect: a
+ * client that sends and never reads makes this server's memory grow by about what it pushed (tens
+ * of MiB in seconds, without bound), where the stage's stays flat and the push stalls near 8 MiB.
+ * A second cost of the same change: reading ahead, it sees a half-close while echo is still
+ * waiting, and closes at once, losing it (the suite's half_close fails on it; the stage never does).
+ *   make -f Makefile.win experiment STAGE=02_nonblocking_select NAME=no_backpressure
+ *   diff -u 02_nonblocking_select/EchoServ_win.c 02_nonblocking_select/experiments/no_backpressure.c
+ *
+ * 02_nonblocking_select/EchoServ_win.c - a non-blocking echo server with select().
+ *
+ * Stage 2 of 7. One thread serves many clients: every socket is non-blocking (ioctlsocket FIONBIO),
+ * and select() says which ones can be read or written without blocking. A call that would block
+ * fails at once with WSAEWOULDBLOCK instead, and the loop just goes on to the next socket.
+ *
+ * The part the famous samples skip: send() on a non-blocking socket takes only what fits in the
+ * socket's send buffer (or nothing: WSAEWOULDBLOCK). The rest waits in the session's buffer, the
+ * socket goes into the write set, and the session is not read again until that buffer is empty.
+ * So a client that sends and never reads cannot make the server's memory grow (TCP flow control
+ * stops it at its own send buffer), and it never stalls the other clients.
+ *
+ * FD_SETSIZE: on Windows an fd_set is an array of FD_SETSIZE sockets (64 unless a program defines
+ * it before including winsock2.h; any larger value works). The listening socket takes one slot, so
+ * this server serves FD_SETSIZE - 1 = 63 clients; one more is accepted and closed at once.
+ *
+ * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
+ * Run:   EchoServ_win.exe <port>      (0 picks a free port)
+ */
+#define FD_SETSIZE 64 /* the default, spelled out: must come before winsock2.h to change it */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../common/ErrorHandling.h"
+
+#define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
+#define MAX_CLIENTS (FD_SETSIZE - 1) /* the listening socket takes one slot of the read set */
+
+/* One connected client. buf holds bytes received and not yet echoed: buf[sendPos..sendLen). */
+typedef struct {
+    SOCKET hClntSock;
+    char peer[64];
+    char *buf;   /* THE LESSON: grows with whatever the client sends and does not read back */
+    int bufSize;
+    int sendPos, sendLen;
+} SESSION;
+
+/* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
+static unsigned short ParsePort(int argc, char *argv[])
+{
+    char *end = NULL;
+    long port = -1;
+
+    if (argc == 2)
+        port = strtol(argv[1], &end, 10);
+    if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
+        fprintf(stderr, "Usage: %s <port>   (0 to 65535; 0 picks a free port)\n", argv[0]);
+        exit(1);
+    }
+    return (unsigned short)port;
+}
+
+/* Ctrl+C / Ctrl+Break: nothing here needs saving, so return FALSE and let the default handler
+ * end the process; Windows then closes every socket. (05-07 stop gracefully instead.) */
+static BOOL WINAPI CtrlHandler(DWORD ctrlType)
+{
+    if (ctrlType == CTRL_C_EVENT || ctrlType == CTRL_BREAK_EVENT)
+        LogLine("Stopping");
+    return FALSE;
+}
+
+/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+static SOCKET OpenListenSocket(unsigned short port)
+{
+    SOCKET hServSock;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
+    u_long nonBlocking = 1;
+
+    hServSock = socket(PF_INET, SOCK_STREAM, IPPROTO_TCP);
+    if (hServSock == INVALID_SOCKET)
+        ErrorHandling("socket()");
+    /* accept() now returns at once (WSAEWOULDBLOCK when nobody waits), and the sockets it
+       returns inherit the non-blocking mode. */
+    if (ioctlsocket(hServSock, FIONBIO, &nonBlocking) == SOCKET_ERROR)
+        ErrorHandling("ioctlsocket()");
+
+    memset(&servAdr, 0, sizeof(servAdr));
+    servAdr.sin_family = AF_INET;
+    servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
+    servAdr.sin_port = htons(port);
+    if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
+        ErrorHandling("bind()");
+    /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
+    if (listen(hServSock, SOMAXCONN) == SOCKET_ERROR)
+        ErrorHandling("listen()");
+
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
+    return hServSock;
+}
+
+/* "127.0.0.1:54321", for the log. */
+static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
+{
+    char host[INET_ADDRSTRLEN] = "?";
+    getnameinfo((const SOCKADDR *)adr, sizeof(*adr), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+    snprintf(text, textSize, "%s:%u", host, ntohs(adr->sin_port));
+}
+
+/* Sends what waits in the session's buffer. send() takes only what fits in the socket's send
+ * buffer now; the rest stays, and select() says when the socket can take more. */
+static BOOL SendPending(SESSION *session)
+{
+    while (session->sendPos < session->sendLen) {
+        int sent = send(session->hClntSock, session->buf + session->sendPos,
+                        session->sendLen - session->sendPos, 0);
+        if (sent == SOCKET_ERROR) {
+            int err = WSAGetLastError();
+            if (err == WSAEWOULDBLOCK)
+                return TRUE; /* the send buffer is full: wait until select() says writable */
+            ReportError("send()", err);
+            return FALSE;
+        }
+        session->sendPos += sent;
+    }
+    session->sendPos = session->sendLen = 0; /* all echoed: the buffer starts over */
+    return TRUE;
+}
+
+/* The socket is readable: receive and echo. Returns FALSE when the session must be closed. */
+static BOOL OnReadable(SESSION *session)
+{
+    char chunk[BUF_SIZE];
+    int strLen = recv(session->hClntSock, chunk, BUF_SIZE, 0);
+    if (strLen == 0)
+        return FALSE; /* the client closed (or half-closed); we read only when all was echoed */
+    if (strLen == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err == WSAEWOULDBLOCK)
+            return TRUE; /* nothing after all */
+        ReportError("recv()", err); /* e.g. 10054: the client reset */
+        return FALSE;
+    }
+    if (session->sendLen + strLen > session->bufSize) { /* THE LESSON: no bound */
+        int newSize = session->bufSize ? session->bufSize * 2 : BUF_SIZE;
+        char *bigger = realloc(session->buf, (size_t)newSize);
+        if (bigger == NULL) {
+            ReportError("realloc()", ERROR_NOT_ENOUGH_MEMORY);
+            return FALSE;
+        }
+        session->buf = bigger;
+        session->bufSize = newSize;
+    }
+    memcpy(session->buf + session->sendLen, chunk, (size_t)strLen);
+    session->sendLen += strLen;
+    return SendPending(session);
+}
+
+static void CloseSession(SESSION *session)
+{
+    closesocket(session->hClntSock);
+    LogLine("Closed client %s", session->peer);
+    free(session->buf);
+    free(session);
+}
+
+/* Accepts one waiting client into sessions[], or closes it at once when the server is full. After
+ * an accept() failure that would repeat, sets *pausedUntil: the loop stops accepting till then. */
+static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions,
+                         ULONGLONG *pausedUntil)
+{
+    SOCKET hClntSock;
+    SOCKADDR_IN clntAdr;
+    int adrSz = sizeof(clntAdr);
+    SESSION *session;
+
+    hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
+    if (hClntSock == INVALID_SOCKET) {
+        int err = WSAGetLastError();
+        if (err == WSAEWOULDBLOCK)
+            return; /* nobody waits after all */
+        ReportError("accept()", err);
+        /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+           Anything else (out of sockets or memory) would fail again at once: pause accepting
+           for a while, not the loop (Sleep here would hold up every client too). */
+        if (err != WSAECONNRESET && err != WSAENOTCONN)
+            *pausedUntil = GetTickCount64() + ACCEPT_BACKOFF_MS;
+        return;
+    }
+    if (*numSessions == MAX_CLIENTS) {
+        char peer[64];
+        FormatAddress(&clntAdr, peer, sizeof(peer));
+        LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, peer);
+        closesocket(hClntSock);
+        return;
+    }
+    session = calloc(1, sizeof(*session));
+    if (session == NULL) {
+        ReportError("calloc()", ERROR_NOT_ENOUGH_MEMORY);
+        closesocket(hClntSock);
+        return;
+    }
+    session->hClntSock = hClntSock;
+    FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
+    sessions[(*numSessions)++] = session;
+    LogLine("Connected client %s", session->peer);
+}
+
+/* The select() loop: one thread, every client. Never returns. */
+static void ServeClients(SOCKET hServSock)
+{
+    SESSION *sessions[MAX_CLIENTS];
+    int numSessions = 0, i;
+    fd_set reads, writes;
+    ULONGLONG acceptPausedUntil = 0;
+
+    for (;;) {
+        BOOL accepting = GetTickCount64() >= acceptPausedUntil;
+        struct timeval pause = {0, ACCEPT_BACKOFF_MS * 1000}; /* while not accepting */
+        FD_ZERO(&reads);
+        FD_ZERO(&writes);
+        if (accepting)
+            FD_SET(hServSock, &reads);
+        for (i = 0; i < numSessions; i++) {
+            /* THE LESSON: always read, even while the echo of earlier bytes waits. */
+            if (sessions[i]->sendPos < sessions[i]->sendLen)
+                FD_SET(sessions[i]->hClntSock, &writes);
+            FD_SET(sessions[i]->hClntSock, &reads);
+        }
+        if (reads.fd_count + writes.fd_count == 0) { /* select() takes no empty sets */
+            Sleep(ACCEPT_BACKOFF_MS);
+            continue;
+        }
+        if (select(0, &reads, &writes, NULL, accepting ? NULL : &pause) == SOCKET_ERROR)
+            ErrorHandling("select()"); /* only a bug in the sets makes it fail */
+
+        /* Backwards, so that moving the last session into a closed one's slot skips nobody. */
+        for (i = numSessions - 1; i >= 0; i--) {
+            SESSION *session = sessions[i];
+            BOOL open = TRUE;
+            if (FD_ISSET(session->hClntSock, &reads))
+                open = OnReadable(session);
+            else if (FD_ISSET(session->hClntSock, &writes))
+                open = SendPending(session);
+            if (!open) {
+                CloseSession(session);
+                sessions[i] = sessions[--numSessions];
+            }
+        }
+        if (accepting && FD_ISSET(hServSock, &reads))
+            AcceptClient(hServSock, sessions, &numSessions, &acceptPausedUntil);
+    }
+}
+
+int main(int argc, char *argv[])
+{
+    WSADATA wsaData;
+    SOCKET hServSock;
+    unsigned short port = ParsePort(argc, argv);
+    int err;
+
+    err = WSAStartup(MAKEWORD(2, 2), &wsaData);
+    if (err != 0)
+        ErrorHandlingCode("WSAStartup()", (DWORD)err);
+    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+        ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+
+    hServSock = OpenListenSocket(port);
+    ServeClients(hServSock);
+
+    closesocket(hServSock);
+    WSACleanup();
+    return 0;
+}

@@ -1,0 +1,513 @@
+/*
+ * EXPERIMENT worker_exits (a variant, not a server to copy): a worker that ends when
+ * GetQueuedCompletionStatus returns FALSE, as many IOCP samples write it (`if (!GQCS(...)) {
+ * print the error; return 0; }`), treating one client's failed I/O like a failed wait. Of the
+ * book's IOCP mistakes the README lists, it is the one that fails measurably here: the DWORD key
+ * cuts only heap addresses above 4 GiB, and Wine's heap gave ones below (measured: 0x00c81440);
+ * a client freed on EOF while its send is pending is a use-after-free that does not show on cue.
+ * Expect: each client that resets while an I/O to it is pending ends one worker (a failed
+ * completion, error 64; the measurement makes it a WSASend: the client pushes without reading,
+ * then resets). After as many such resets as there are workers (one per processor: 2 here),
+ * nobody takes completions off the port and no client, old or new, gets an echo again. The stage
+ * closes that one client and goes on. (Ctrl+C cannot finish the stop either: nobody dequeues the
+ * cancelled I/O, so the process must be killed.)
+ *   make -f Makefile.win experiment STAGE=05_iocp_basic NAME=worker_exits
+ *   diff -u 05_iocp_basic/EchoServ_win.c 05_iocp_basic/experiments/worker_exits.c
+ *
+ * 05_iocp_basic/EchoServ_win.c - an overlapped echo server, completions queued to a completion port.
+ *
+ * Stage 5 of 7. The same overlapped WSARecv/WSASend as stages 3 and 4, but their completions go to
+ * an I/O completion port (IOCP): each client socket is associated with the port once
+ * (CreateIoCompletionPort), and when an I/O on it is over, the system queues a completion packet
+ * there. Worker threads, one per processor, wait on the port (GetQueuedCompletionStatus) and each
+ * handles whatever completed, for any client. No thread owns a client any more, as 04's I/O thread
+ * did: the work spreads over every processor.
+ *
+ * The notes' IOCPEchoServ has this shape, and the main thread still blocks in accept(), as in 04.
+ * Its mistakes are not kept: it passes the per-handle data as a DWORD completion key (cut in half
+ * on x64: a ULONG_PTR here), ignores GetQueuedCompletionStatus's failures, frees a client on EOF
+ * while a send may still be pending, and cannot stop. Here:
+ *   - all four outcomes of GetQueuedCompletionStatus are told apart: a completed I/O; a failed I/O
+ *     (FALSE with an OVERLAPPED: close that client); a failed wait (FALSE without one: the key
+ *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
+ *   - each session counts its outstanding I/O: raised BEFORE each post (another worker may run the
+ *     completion before WSARecv returns), lowered at each completion, and where a post fails at
+ *     once (no completion will come). Whoever takes it to 0 closes and frees the session, once.
+ *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD; one I/O per
+ *     client at a time, so a client that never reads cannot grow memory.
+ *   - Ctrl+C stops gracefully: stop accepting, cancel every session's I/O, wait until none is
+ *     outstanding, one sentinel per worker, join, free, then the "Shutdown:" line.
+ *
+ * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
+ * Run:   EchoServ_win.exe <port>      (0 picks a free port)
+ */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../common/ErrorHandling.h"
+
+#define BUF_SIZE 8192
+#define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
+#define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
+#define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
+
+/* The one I/O a client has outstanding: a WSARecv into buf, or a WSASend of buf[sendPos..sendLen).
+ * While it is pending the system owns overlapped, buf and recvFlags: none may move or be freed. */
+typedef struct {
+    WSAOVERLAPPED overlapped; /* the port gives its address back: CONTAINING_RECORD finds the rest */
+    WSABUF wsaBuf;
+    char buf[BUF_SIZE];
+    DWORD recvFlags;          /* WSARecv's in/out lpFlags: kept beside the OVERLAPPED, not on a stack */
+    DWORD sendPos, sendLen;   /* sendPos < sendLen: a WSASend is outstanding; else a WSARecv */
+} PER_IO_DATA;
+
+/* One connected client: the per-handle data, the completion key of its socket. */
+typedef struct SESSION {
+    SOCKET hClntSock;
+    char peer[64];
+    PER_IO_DATA ioData;
+    struct SERVER *server;       /* what every thread shares: a worker has only the key */
+    volatile LONG ioCount;       /* posted, not yet completed I/O: whoever takes it to 0 closes */
+    struct SESSION *prev, *next; /* in the server's list of sessions, for the stop */
+} SESSION;
+
+/* What the workers and the main thread share. */
+typedef struct SERVER {
+    HANDLE hComPort;
+    HANDLE hWorkers[MAX_WORKERS];
+    DWORD numWorkers;
+    CRITICAL_SECTION lock;      /* guards sessions, numSessions and hNoSessions */
+    SESSION *sessions;          /* every session not yet closed */
+    volatile LONG numSessions;
+    HANDLE hNoSessions;         /* manual-reset event, set while numSessions is 0 */
+    volatile LONG numAccepted, numClosed;
+    volatile LONG64 bytesEchoed;
+} SERVER;
+
+/* The Ctrl+C handler runs on a thread of its own and takes no parameter: what it needs is global.
+ * g_servPort is the listening port while the main thread accepts, else 0; g_portLock keeps the
+ * listening socket open while the handler connects to it. */
+static volatile LONG g_stopping = FALSE;
+static unsigned short g_servPort = 0;
+static SRWLOCK g_portLock = SRWLOCK_INIT;
+
+/* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
+static unsigned short ParsePort(int argc, char *argv[])
+{
+    char *end = NULL;
+    long port = -1;
+
+    if (argc == 2)
+        port = strtol(argv[1], &end, 10);
+    if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
+        fprintf(stderr, "Usage: %s <port>   (0 to 65535; 0 picks a free port)\n", argv[0]);
+        exit(1);
+    }
+    return (unsigned short)port;
+}
+
+/* Connects to our own listening port, so that the accept() the main thread blocks in returns.
+ * (Closing the listening socket under it would be shorter, but Microsoft's closesocket page
+ * forbids closing a socket while another thread is in a call on it: its handle value may be
+ * reused at once.) */
+static BOOL WakeAccept(unsigned short port)
+{
+    SOCKADDR_IN adr;
+    BOOL ok;
+    SOCKET hSock = socket(PF_INET, SOCK_STREAM, IPPROTO_TCP);
+
+    if (hSock == INVALID_SOCKET) {
+        ReportError("socket()", WSAGetLastError());
+        return FALSE;
+    }
+    memset(&adr, 0, sizeof(adr));
+    adr.sin_family = AF_INET;
+    adr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    adr.sin_port = htons(port);
+    ok = connect(hSock, (SOCKADDR *)&adr, sizeof(adr)) == 0;
+    if (!ok)
+        ReportError("connect()", WSAGetLastError());
+    closesocket(hSock);
+    return ok;
+}
+
+/* Ctrl+C / Ctrl+Break, on a thread the system creates for it. It only starts the stop: it sets
+ * g_stopping, wakes the main thread's accept(), and returns TRUE, so the process lives on while
+ * the main thread stops the server (StopServer). If it cannot wake accept(), it returns FALSE:
+ * the default handler then ends the process, the hard way. */
+static BOOL WINAPI CtrlHandler(DWORD ctrlType)
+{
+    BOOL woken = TRUE;
+
+    if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
+        return FALSE;
+    if (InterlockedExchange(&g_stopping, TRUE))
+        return TRUE; /* a second Ctrl+C: the stop is under way */
+    AcquireSRWLockExclusive(&g_portLock);
+    if (g_servPort != 0) /* 0: the main thread is not accepting (yet, or any more) */
+        woken = WakeAccept(g_servPort);
+    ReleaseSRWLockExclusive(&g_portLock);
+    return woken;
+}
+
+/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+static SOCKET OpenListenSocket(unsigned short port)
+{
+    SOCKET hServSock;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
+
+    /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
+       (socket() sets it as well; WSASocket says so explicitly.) */
+    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (hServSock == INVALID_SOCKET)
+        ErrorHandling("WSASocket()");
+    /* Left blocking, unlike the notes' loop: the main thread does nothing but wait in accept(). */
+
+    memset(&servAdr, 0, sizeof(servAdr));
+    servAdr.sin_family = AF_INET;
+    servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
+    servAdr.sin_port = htons(port);
+    if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
+        ErrorHandling("bind()");
+    /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
+    if (listen(hServSock, SOMAXCONN) == SOCKET_ERROR)
+        ErrorHandling("listen()");
+
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
+    return hServSock;
+}
+
+/* "127.0.0.1:54321", for the log. */
+static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
+{
+    char host[INET_ADDRSTRLEN] = "?";
+    getnameinfo((const SOCKADDR *)adr, sizeof(*adr), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+    snprintf(text, textSize, "%s:%u", host, ntohs(adr->sin_port));
+}
+
+/* Before every post: a zeroed OVERLAPPED (the system keeps its state there while the I/O is
+ * pending). The port hands back its address, so it needs no event and no hEvent trick. */
+static void ResetOverlapped(PER_IO_DATA *ioData)
+{
+    memset(&ioData->overlapped, 0, sizeof(ioData->overlapped));
+}
+
+/* Posts a receive into the whole buffer. Done at once or pending, its completion is queued to the
+ * port, for any worker; only a failure at once (no completion will come) returns FALSE. */
+static BOOL PostRecv(SESSION *session)
+{
+    PER_IO_DATA *ioData = &session->ioData;
+
+    ResetOverlapped(ioData);
+    ioData->recvFlags = 0; /* in/out: WSARecv may have written to it last time */
+    ioData->wsaBuf.buf = ioData->buf;
+    ioData->wsaBuf.len = BUF_SIZE;
+    /* Counted BEFORE the call, every field above set: a worker may run the completion before
+       WSARecv even returns here. */
+    InterlockedIncrement(&session->ioCount);
+    if (WSARecv(session->hClntSock, &ioData->wsaBuf, 1, NULL, &ioData->recvFlags,
+                &ioData->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
+            InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* Posts a send of what is not echoed yet, buf[sendPos..sendLen). Same rules as PostRecv. */
+static BOOL PostSend(SESSION *session)
+{
+    PER_IO_DATA *ioData = &session->ioData;
+
+    ResetOverlapped(ioData);
+    ioData->wsaBuf.buf = ioData->buf + ioData->sendPos;
+    ioData->wsaBuf.len = ioData->sendLen - ioData->sendPos;
+    InterlockedIncrement(&session->ioCount);
+    if (WSASend(session->hClntSock, &ioData->wsaBuf, 1, NULL, 0,
+                &ioData->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
+            InterlockedDecrement(&session->ioCount);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* A receive is over: echo what came, or close on 0 bytes (the client closed or half-closed; we
+ * receive only when everything before was echoed, so nothing is left to send). */
+static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
+{
+    if (bytes == 0)
+        return FALSE;
+    session->ioData.sendPos = 0;
+    session->ioData.sendLen = bytes;
+    return PostSend(session);
+}
+
+/* A send is over: a short send posts the rest; only when all is echoed, receive again. */
+static BOOL OnSendCompleted(SESSION *session, DWORD bytes)
+{
+    InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
+    session->ioData.sendPos += bytes;
+    if (session->ioData.sendPos < session->ioData.sendLen)
+        return PostSend(session);
+    return PostRecv(session);
+}
+
+/* Called only when no I/O is pending, so nothing writes into the session after free(). */
+static void CloseSession(SESSION *session)
+{
+    SERVER *server = session->server;
+
+    EnterCriticalSection(&server->lock); /* off the list first: the stop no longer reaches it */
+    if (session->prev != NULL)
+        session->prev->next = session->next;
+    else
+        server->sessions = session->next;
+    if (session->next != NULL)
+        session->next->prev = session->prev;
+    if (--server->numSessions == 0) /* the slot is free now */
+        SetEvent(server->hNoSessions);
+    LeaveCriticalSection(&server->lock);
+
+    closesocket(session->hClntSock);
+    InterlockedIncrement(&server->numClosed);
+    LogLine("Closed client %s", session->peer);
+    free(session);
+}
+
+/* Lowers the I/O count at a completion. Whoever takes it to 0 saw the last one: closes. */
+static void ReleaseSession(SESSION *session)
+{
+    if (InterlockedDecrement(&session->ioCount) == 0)
+        CloseSession(session);
+}
+
+/* A worker: takes completions off the port, for any client, until the stop's sentinel. The key
+ * brings the SESSION; the OVERLAPPED points into its PER_IO_DATA. */
+static DWORD WINAPI WorkerThreadMain(LPVOID param)
+{
+    HANDLE hComPort = (HANDLE)param;
+
+    for (;;) {
+        DWORD bytes = 0;
+        ULONG_PTR key = 0;
+        LPOVERLAPPED overlapped = NULL;
+        BOOL ok = GetQueuedCompletionStatus(hComPort, &bytes, &key, &overlapped, INFINITE);
+        SESSION *session;
+        PER_IO_DATA *ioData;
+
+        if (overlapped == NULL) {
+            if (ok)
+                return 0; /* the stop's sentinel: posted with no OVERLAPPED */
+            /* The wait itself failed (the port is gone): no packet; key and bytes mean nothing. */
+            ReportError("GetQueuedCompletionStatus()", GetLastError());
+            return 1;
+        }
+        session = (SESSION *)key;
+        ioData = CONTAINING_RECORD(overlapped, PER_IO_DATA, overlapped);
+        if (!ok) {
+            /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
+               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing. */
+            DWORD err = GetLastError();
+            if (err != ERROR_OPERATION_ABORTED)
+                ReportError(ioData->sendPos < ioData->sendLen ? "WSASend()" : "WSARecv()", err);
+            return 1; /* THE LESSON: one client's failed I/O ends this worker */
+        } else if (ioData->sendPos < ioData->sendLen) {
+            OnSendCompleted(session, bytes);
+        } else {
+            OnRecvCompleted(session, bytes);
+        }
+        /* Lowered last, after the next I/O is posted: the count of a session still in use never
+           touches 0 between two of its I/Os. When nothing was posted, this closes it. */
+        ReleaseSession(session);
+    }
+}
+
+/* Waits in accept() for one client and hands it to the port, or closes it at once when the
+ * server is full. */
+static void AcceptClient(SOCKET hServSock, SERVER *server)
+{
+    SOCKET hClntSock;
+    SOCKADDR_IN clntAdr;
+    int adrSz = sizeof(clntAdr);
+    SESSION *session;
+
+    hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
+    if (hClntSock == INVALID_SOCKET) {
+        int err = WSAGetLastError();
+        ReportError("accept()", err);
+        /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
+           Anything else (out of sockets or memory) would fail again at once: wait, not spin. */
+        if (err != WSAECONNRESET && err != WSAENOTCONN)
+            Sleep(ACCEPT_BACKOFF_MS);
+        return;
+    }
+    if (g_stopping) { /* CtrlHandler's wake-up call (or a client just too late): not served */
+        closesocket(hClntSock);
+        return;
+    }
+    server->numAccepted++;
+    if (server->numSessions == MAX_CLIENTS) {
+        char peer[64];
+        FormatAddress(&clntAdr, peer, sizeof(peer));
+        LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, peer);
+        closesocket(hClntSock);
+        InterlockedIncrement(&server->numClosed);
+        return;
+    }
+    session = calloc(1, sizeof(*session));
+    if (session == NULL) {
+        ReportError("calloc()", ERROR_NOT_ENOUGH_MEMORY);
+        closesocket(hClntSock);
+        InterlockedIncrement(&server->numClosed);
+        return;
+    }
+    session->hClntSock = hClntSock;
+    session->server = server;
+    FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
+    EnterCriticalSection(&server->lock); /* only this thread raises the count: the check holds */
+    session->next = server->sessions;
+    if (server->sessions != NULL)
+        server->sessions->prev = session;
+    server->sessions = session;
+    if (server->numSessions++ == 0)
+        ResetEvent(server->hNoSessions);
+    LeaveCriticalSection(&server->lock);
+    LogLine("Connected client %s", session->peer);
+    /* From now on every completion of this socket is queued to the port, the session as its key
+       (a ULONG_PTR: a pointer fits, on x64 too). Then the first receive. */
+    if (CreateIoCompletionPort((HANDLE)hClntSock, server->hComPort, (ULONG_PTR)session, 0) == NULL) {
+        ReportError("CreateIoCompletionPort()", GetLastError());
+        CloseSession(session); /* no I/O is pending */
+        return;
+    }
+    if (!PostRecv(session))
+        CloseSession(session); /* no completion will come: the count is back at 0 */
+}
+
+/* The port and its workers. Concurrency 0: the port lets as many workers run at once as there
+ * are processors. One worker per processor, the notes' rule: when one blocks (here only in
+ * printf), the port may wake another; 2 x processors is the other usual rule. Only a measurement
+ * settles it (see the README). */
+static void StartServer(SERVER *server)
+{
+    SYSTEM_INFO sysInfo;
+    DWORD i;
+
+    memset(server, 0, sizeof(*server));
+    InitializeCriticalSection(&server->lock);
+    server->hNoSessions = CreateEvent(NULL, TRUE, TRUE, NULL);
+    if (server->hNoSessions == NULL)
+        ErrorHandlingCode("CreateEvent()", GetLastError());
+    server->hComPort = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
+    if (server->hComPort == NULL)
+        ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
+
+    GetSystemInfo(&sysInfo);
+    server->numWorkers = sysInfo.dwNumberOfProcessors;
+    if (server->numWorkers < 1)
+        server->numWorkers = 1;
+    if (server->numWorkers > MAX_WORKERS) /* clamp to the array, however many processors */
+        server->numWorkers = MAX_WORKERS;
+    for (i = 0; i < server->numWorkers; i++) {
+        server->hWorkers[i] = CreateThread(NULL, 0, WorkerThreadMain, server->hComPort, 0, NULL);
+        if (server->hWorkers[i] == NULL)
+            ErrorHandlingCode("CreateThread()", GetLastError());
+    }
+}
+
+/* The graceful stop, once accepting has stopped: end every session's I/O, wait until none is
+ * outstanding, then stop the workers, join them and free everything. */
+static void StopServer(SERVER *server)
+{
+    SESSION *session;
+    DWORD i;
+
+    LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+
+    /* Cancel rather than closesocket: a worker may be using the session right now, and only the
+       one who takes its count to 0 may close and free it. shutdown makes any later post on it
+       fail at once (10058); CancelIoEx ends the pending one (995). Either may fail harmlessly on
+       a client that has just gone (not connected, nothing pending). */
+    EnterCriticalSection(&server->lock);
+    for (session = server->sessions; session != NULL; session = session->next) {
+        shutdown(session->hClntSock, SD_BOTH);
+        CancelIoEx((HANDLE)session->hClntSock, NULL);
+    }
+    LeaveCriticalSection(&server->lock);
+    if (WaitForSingleObject(server->hNoSessions, INFINITE) != WAIT_OBJECT_0)
+        ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+
+    /* No I/O is outstanding: the port's queue holds nothing else. One sentinel per worker. */
+    for (i = 0; i < server->numWorkers; i++)
+        if (!PostQueuedCompletionStatus(server->hComPort, 0, 0, NULL))
+            ErrorHandlingCode("PostQueuedCompletionStatus()", GetLastError());
+    if (WaitForMultipleObjects(server->numWorkers, server->hWorkers, TRUE, INFINITE) == WAIT_FAILED)
+        ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
+    for (i = 0; i < server->numWorkers; i++)
+        CloseHandle(server->hWorkers[i]);
+    CloseHandle(server->hComPort);
+    CloseHandle(server->hNoSessions);
+    DeleteCriticalSection(&server->lock);
+}
+
+/* The main thread accepts; the workers do every client's I/O. Returns after Ctrl+C, once the
+ * server has stopped, with the last line. */
+static void ServeClients(SOCKET hServSock)
+{
+    SERVER server;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
+
+    StartServer(&server);
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    /* Under the lock: a Ctrl+C either finds the port and wakes accept(), or came first and the
+       loop never starts; and it never connects to a socket closed under it. */
+    AcquireSRWLockExclusive(&g_portLock);
+    g_servPort = ntohs(servAdr.sin_port);
+    ReleaseSRWLockExclusive(&g_portLock);
+    while (!g_stopping)
+        AcceptClient(hServSock, &server);
+    AcquireSRWLockExclusive(&g_portLock);
+    g_servPort = 0;
+    ReleaseSRWLockExclusive(&g_portLock);
+    closesocket(hServSock); /* only this thread used it */
+    StopServer(&server);
+    LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
+            server.numAccepted, server.numClosed, (long long)server.bytesEchoed);
+}
+
+int main(int argc, char *argv[])
+{
+    WSADATA wsaData;
+    SOCKET hServSock;
+    unsigned short port = ParsePort(argc, argv);
+    int err;
+
+    err = WSAStartup(MAKEWORD(2, 2), &wsaData);
+    if (err != 0)
+        ErrorHandlingCode("WSAStartup()", (DWORD)err);
+    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+        ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+
+    hServSock = OpenListenSocket(port);
+    ServeClients(hServSock); /* returns after Ctrl+C, hServSock closed */
+
+    WSACleanup();
+    return 0;
+}

@@ -1,0 +1,659 @@
+/*
+ * EXPERIMENT no_repost (a variant, not a server to copy): a session whose AcceptEx failed (a client
+ * that reset before it was accepted: error 59 under Wine; not measured on Windows) is not given back
+ * to accepting, as in servers that repost only after serving a client. Checklist item 7 of the
+ * README (the notes' IOCP_Server does not say what follows a failed accept). The change is in
+ * CloseSession (the session is parked instead, so that Ctrl+C still stops). Expect: each failed
+ * accept takes one of the pool's 1,016 sessions out for good; after enough clients that connect
+ * and reset at once, no AcceptEx is pending and nobody is served: a new client connects (the
+ * kernel's backlog) and waits forever for its echo. The stage reposts every time.
+ *   make -f Makefile.win experiment STAGE=06_iocp_acceptex NAME=no_repost
+ *   diff -u 06_iocp_acceptex/EchoServ_win.c 06_iocp_acceptex/experiments/no_repost.c
+ *
+ * 06_iocp_acceptex/EchoServ_win.c - an IOCP echo server that accepts with AcceptEx.
+ *
+ * Stage 6 of 7. The completion port and its workers of stage 5, and accepting becomes overlapped
+ * I/O too: the listening socket is associated with the port, and AcceptEx calls are posted on it
+ * in advance, each with a socket made beforehand. A client that connects completes one of them,
+ * on the port, like any other I/O, and a worker takes it from there. No thread waits in accept()
+ * any more: the main thread only waits for Ctrl+C.
+ *
+ * The notes' IOCP_Server has this shape: a pool of client infos made once, an AcceptEx posted for
+ * each, the listening socket on the port, and a send queue per client (SendMsg queues, one WSASend
+ * at a time, the next one posted when it completes). Its accepter thread is not needed: AcceptEx
+ * completes on the port, and a worker posts the next one. Here:
+ *   - AcceptEx and GetAcceptExSockaddrs are loaded with WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER);
+ *     each address slot is sizeof(SOCKADDR_STORAGE) + 16 bytes; the receive length is 0, so a
+ *     client that connects and waits is accepted at once, not when it first sends.
+ *   - every free session has an AcceptEx pending, so a burst of 1,000 connects is taken without
+ *     waiting, and a session accepts again after EVERY use, failed accepts included.
+ *   - SO_UPDATE_ACCEPT_CONTEXT on each accepted socket (Windows needs it; Wine does not check), and
+ *     the peer's address from GetAcceptExSockaddrs.
+ *   - the session is found from the OVERLAPPED: an AcceptEx completion carries the LISTENING
+ *     socket's completion key.
+ *   - the pool has room beyond the limit: with 1,000 clients connected, the spare sessions still
+ *     accept, so client 1,001 is accepted and closed at once with a log line.
+ *   - the send queue is bounded: while it is full the session posts no new receive, so a client
+ *     that never reads cannot grow memory.
+ *   - the I/O count, the four outcomes of GetQueuedCompletionStatus and the graceful stop of 05.
+ *
+ * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
+ * Run:   EchoServ_win.exe <port>      (0 picks a free port)
+ */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <mswsock.h>
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../common/ErrorHandling.h"
+
+#define BUF_SIZE 8192
+#define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
+#define SPARE_SESSIONS 16 /* the pool's room beyond the limit: they accept while all are busy */
+#define POOL_SIZE (MAX_CLIENTS + SPARE_SESSIONS)
+#define MAX_SEND_QUEUE 4  /* messages a session holds for a slow reader before it stops receiving */
+#define ADDR_SLOT (sizeof(SOCKADDR_STORAGE) + 16) /* AcceptEx: the largest address + 16, each */
+#define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
+#define ACCEPT_TRIES 8    /* AcceptEx fails at once for each reset connection it meets: retry */
+
+enum { IO_ACCEPT, IO_RECV, IO_SEND };
+
+/* One I/O: the session's AcceptEx or WSARecv into buf, or a queued message, buf[sendPos..sendLen)
+ * not sent yet. While it is pending the system owns overlapped, buf and recvFlags: none may move
+ * or be freed. */
+typedef struct PER_IO_DATA {
+    WSAOVERLAPPED overlapped; /* the port gives its address back: CONTAINING_RECORD finds the rest */
+    WSABUF wsaBuf;
+    char buf[BUF_SIZE];
+    DWORD recvFlags;          /* WSARecv's in/out lpFlags: kept beside the OVERLAPPED, not on a stack */
+    DWORD sendPos, sendLen;   /* a message: sent up to sendPos */
+    int rwMode;               /* IO_ACCEPT, IO_RECV or IO_SEND: which I/O completed */
+    struct SESSION *session;  /* the owner: the completion key of an AcceptEx is not */
+    struct PER_IO_DATA *next; /* the next message in the send queue */
+} PER_IO_DATA;
+
+/* One client, from a pool made once: it waits in an AcceptEx, serves a client, accepts again. */
+typedef struct SESSION {
+    SOCKET hClntSock;
+    char peer[64];
+    PER_IO_DATA ioData;          /* the AcceptEx, then each WSARecv: never both at once */
+    struct SERVER *server;       /* what every thread shares */
+    volatile LONG ioCount;       /* posted, not yet completed I/O: whoever takes it to 0 closes */
+    BOOL connected;              /* serving a client (guarded by the server's lock) */
+    CRITICAL_SECTION lock;       /* guards the send queue: a receive and a send may end at once */
+    PER_IO_DATA *sendHead, *sendTail; /* the send queue: sendHead's WSASend is outstanding */
+    int sendCount;
+    BOOL recvPaused;             /* the queue was full: a send's completion posts the WSARecv */
+} SESSION;
+
+/* What the workers and the main thread share. */
+typedef struct SERVER {
+    HANDLE hComPort;
+    HANDLE hWorkers[MAX_WORKERS];
+    DWORD numWorkers;
+    SOCKET hServSock;
+    LPFN_ACCEPTEX pfnAcceptEx;
+    LPFN_GETACCEPTEXSOCKADDRS pfnGetAcceptExSockaddrs;
+    CRITICAL_SECTION lock;      /* guards stopping, each AcceptEx post, connected and the counts */
+    BOOL stopping;
+    SESSION *sessions;          /* the pool: POOL_SIZE sessions */
+    LONG numSessions;           /* sessions in use, accepting or serving: 0 once all have stopped */
+    LONG numClients;            /* sessions serving a client: MAX_CLIENTS at most */
+    HANDLE hNoSessions;         /* manual-reset event, set once numSessions is 0 */
+    volatile LONG numAccepted, numClosed;
+    volatile LONG64 bytesEchoed;
+} SERVER;
+
+/* The Ctrl+C handler runs on a thread of its own and takes no parameter: what it needs is global.
+ * g_state also says whether the main thread waits for the stop event: only once it is SERVING. */
+enum { STARTING, SERVING, STOPPING };
+static volatile LONG g_state = STARTING;
+static HANDLE g_hStopEvent;
+
+/* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
+static unsigned short ParsePort(int argc, char *argv[])
+{
+    char *end = NULL;
+    long port = -1;
+
+    if (argc == 2)
+        port = strtol(argv[1], &end, 10);
+    if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
+        fprintf(stderr, "Usage: %s <port>   (0 to 65535; 0 picks a free port)\n", argv[0]);
+        exit(1);
+    }
+    return (unsigned short)port;
+}
+
+/* Ctrl+C / Ctrl+Break, on a thread the system creates for it. It only starts the stop: it sets
+ * the event the main thread waits for, and returns TRUE, so the process lives on while the main
+ * thread stops the server (StopServer). */
+static BOOL WINAPI CtrlHandler(DWORD ctrlType)
+{
+    LONG before;
+
+    if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
+        return FALSE;
+    before = InterlockedExchange(&g_state, STOPPING);
+    if (before == SERVING)
+        SetEvent(g_hStopEvent);
+    return TRUE;
+}
+
+/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+static SOCKET OpenListenSocket(unsigned short port)
+{
+    SOCKET hServSock;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
+
+    /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
+    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (hServSock == INVALID_SOCKET)
+        ErrorHandling("WSASocket()");
+
+    memset(&servAdr, 0, sizeof(servAdr));
+    servAdr.sin_family = AF_INET;
+    servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
+    servAdr.sin_port = htons(port);
+    if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
+        ErrorHandling("bind()");
+    /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
+    if (listen(hServSock, SOMAXCONN) == SOCKET_ERROR)
+        ErrorHandling("listen()");
+
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
+    return hServSock;
+}
+
+/* "127.0.0.1:54321", for the log. */
+static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
+{
+    char host[INET_ADDRSTRLEN] = "?";
+    getnameinfo((const SOCKADDR *)adr, sizeof(*adr), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+    snprintf(text, textSize, "%s:%u", host, ntohs(adr->sin_port));
+}
+
+/* Before every post: a zeroed OVERLAPPED (the system keeps its state there while the I/O is
+ * pending). The port hands back its address, so it needs no event and no hEvent trick. */
+static void ResetOverlapped(PER_IO_DATA *ioData)
+{
+    memset(&ioData->overlapped, 0, sizeof(ioData->overlapped));
+}
+
+/* A session leaves use for good: at the stop, or when it cannot accept any more. The caller
+ * holds the server's lock. */
+static void ParkSession(SERVER *server)
+{
+    if (--server->numSessions == 0)
+        SetEvent(server->hNoSessions);
+}
+
+/* Gives the session a new socket and posts an AcceptEx with it. Receive length 0: it completes
+ * when a client connects, not when it first sends. Returns 0 once posted (done at once or pending,
+ * the completion is queued to the port), else the error of a failure at once: then no completion
+ * will come, and the socket is closed again. */
+static int TryAcceptEx(SESSION *session)
+{
+    SERVER *server = session->server;
+    PER_IO_DATA *ioData = &session->ioData;
+    DWORD bytes = 0;
+    int err;
+
+    session->hClntSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (session->hClntSock == INVALID_SOCKET) {
+        err = WSAGetLastError();
+        ReportError("WSASocket()", err);
+        return err;
+    }
+    ResetOverlapped(ioData);
+    ioData->rwMode = IO_ACCEPT;
+    InterlockedIncrement(&session->ioCount);
+    if (server->pfnAcceptEx(server->hServSock, session->hClntSock, ioData->buf, 0,
+                            ADDR_SLOT, ADDR_SLOT, &bytes, &ioData->overlapped))
+        return 0;
+    err = WSAGetLastError();
+    if (err == ERROR_IO_PENDING)
+        return 0;
+    ReportError("AcceptEx()", err); /* e.g. 10054: a client reset while it waited in the backlog */
+    InterlockedDecrement(&session->ioCount);
+    closesocket(session->hClntSock);
+    return err;
+}
+
+/* Puts a free session back to accepting. Under the server's lock, which the stop takes to cancel
+ * the accepts: an AcceptEx is posted before the stop (and cancelled by it) or not at all. A reset
+ * connection concerns that connection only: try again with a fresh socket. Any other failure at
+ * once takes the session out of the pool (it is logged above); the others go on accepting. */
+static void PostAccept(SESSION *session)
+{
+    SERVER *server = session->server;
+    int tries, err = 0;
+
+    EnterCriticalSection(&server->lock);
+    for (tries = 0; tries < ACCEPT_TRIES && !server->stopping; tries++) {
+        err = TryAcceptEx(session);
+        if (err != WSAECONNRESET)
+            break;
+    }
+    if (server->stopping || err != 0)
+        ParkSession(server);
+    LeaveCriticalSection(&server->lock);
+}
+
+/* Posts a receive into the whole buffer. Done at once or pending, its completion is queued to the
+ * port, for any worker; only a failure at once (no completion will come) returns FALSE. The
+ * caller holds the session's lock. */
+static BOOL PostRecv(SESSION *session)
+{
+    PER_IO_DATA *ioData = &session->ioData;
+
+    ResetOverlapped(ioData);
+    ioData->recvFlags = 0; /* in/out: WSARecv may have written to it last time */
+    ioData->rwMode = IO_RECV;
+    ioData->wsaBuf.buf = ioData->buf;
+    ioData->wsaBuf.len = BUF_SIZE;
+    /* Counted BEFORE the call, every field above set: a worker may run the completion before
+       WSARecv even returns here. */
+    InterlockedIncrement(&session->ioCount);
+    if (WSARecv(session->hClntSock, &ioData->wsaBuf, 1, NULL, &ioData->recvFlags,
+                &ioData->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
+            InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
+            CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending send, if any, ends too */
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* Posts a send of what is not sent yet of msg, the head of the queue. Same rules as PostRecv. */
+static BOOL PostSend(SESSION *session, PER_IO_DATA *msg)
+{
+    ResetOverlapped(msg);
+    msg->wsaBuf.buf = msg->buf + msg->sendPos;
+    msg->wsaBuf.len = msg->sendLen - msg->sendPos;
+    InterlockedIncrement(&session->ioCount);
+    if (WSASend(session->hClntSock, &msg->wsaBuf, 1, NULL, 0,
+                &msg->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
+                ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
+            InterlockedDecrement(&session->ioCount);
+            CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending receive, if any, too */
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* The notes' SendMsg: queues a copy of the bytes, and sends it at once if no WSASend is
+ * outstanding (else the completion of the one before sends it). Then receives again, unless the
+ * queue is full: that receive waits for a send to complete (OnSendCompleted). */
+static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
+{
+    PER_IO_DATA *msg = malloc(sizeof(*msg));
+    BOOL ok = TRUE;
+
+    if (msg == NULL) { /* post nothing more: the session ends once its queue is sent */
+        ReportError("malloc()", ERROR_NOT_ENOUGH_MEMORY);
+        return FALSE;
+    }
+    memcpy(msg->buf, data, len);
+    msg->sendPos = 0;
+    msg->sendLen = len;
+    msg->rwMode = IO_SEND;
+    msg->session = session;
+    msg->next = NULL;
+
+    EnterCriticalSection(&session->lock);
+    if (session->sendTail != NULL)
+        session->sendTail->next = msg;
+    else
+        session->sendHead = msg;
+    session->sendTail = msg;
+    if (++session->sendCount == 1)
+        ok = PostSend(session, msg);
+    if (ok && session->sendCount < MAX_SEND_QUEUE)
+        ok = PostRecv(session);
+    else if (ok)
+        session->recvPaused = TRUE;
+    LeaveCriticalSection(&session->lock);
+    return ok;
+}
+
+/* An AcceptEx is over: the session serves the new client, or closes it at once when the server
+ * is full (or stopping). Either way, once its I/O count falls to 0 it accepts again. */
+static BOOL OnAcceptCompleted(SESSION *session)
+{
+    SERVER *server = session->server;
+    SOCKADDR *localAdr, *remoteAdr;
+    int localLen = 0, remoteLen = 0;
+    SOCKADDR_IN clntAdr;
+    BOOL full, ok;
+
+    /* The accepted socket takes the listening socket's properties only now: Windows wants this
+       before getpeername, getsockname, getsockopt or setsockopt on it (Wine does not check). */
+    if (setsockopt(session->hClntSock, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT,
+                   (char *)&server->hServSock, sizeof(server->hServSock)) == SOCKET_ERROR) {
+        ReportError("setsockopt(SO_UPDATE_ACCEPT_CONTEXT)", WSAGetLastError());
+        return FALSE;
+    }
+    /* The two addresses AcceptEx wrote after the (empty) data, in its own format. */
+    server->pfnGetAcceptExSockaddrs(session->ioData.buf, 0, ADDR_SLOT, ADDR_SLOT,
+                                    &localAdr, &localLen, &remoteAdr, &remoteLen);
+    memset(&clntAdr, 0, sizeof(clntAdr));
+    if (remoteLen > (int)sizeof(clntAdr))
+        remoteLen = sizeof(clntAdr);
+    memcpy(&clntAdr, remoteAdr, (size_t)remoteLen);
+    FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
+    InterlockedIncrement(&server->numAccepted);
+
+    EnterCriticalSection(&server->lock); /* connected before the stop's pass, or not at all */
+    full = server->numClients == MAX_CLIENTS;
+    ok = !full && !server->stopping;
+    if (ok) {
+        server->numClients++;
+        session->connected = TRUE;
+    }
+    LeaveCriticalSection(&server->lock);
+    if (!ok) {
+        if (full)
+            LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, session->peer);
+        InterlockedIncrement(&server->numClosed);
+        return FALSE; /* no post: CloseSession closes it and accepts again */
+    }
+    LogLine("Connected client %s", session->peer);
+    /* From now on every completion of this socket is queued to the port. The key is not used:
+       the session comes from the OVERLAPPED, as for the AcceptEx. Then the first receive. */
+    if (CreateIoCompletionPort((HANDLE)session->hClntSock, server->hComPort, 0, 0) == NULL) {
+        ReportError("CreateIoCompletionPort()", GetLastError());
+        return FALSE;
+    }
+    EnterCriticalSection(&session->lock);
+    ok = PostRecv(session);
+    LeaveCriticalSection(&session->lock);
+    return ok;
+}
+
+/* A receive is over: queue what came, or post nothing on 0 bytes (the client closed or
+ * half-closed): what is queued is still sent, then the count falls to 0 and the session closes. */
+static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
+{
+    if (bytes == 0)
+        return FALSE;
+    return SendMsg(session, session->ioData.buf, bytes);
+}
+
+/* A send is over: a short send posts the rest; else the message leaves the queue, the next one
+ * is sent, and a receive held back by a full queue is posted now. */
+static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
+{
+    BOOL ok = TRUE;
+
+    InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
+    EnterCriticalSection(&session->lock);
+    msg->sendPos += bytes;
+    if (msg->sendPos < msg->sendLen) {
+        ok = PostSend(session, msg);
+    } else {
+        session->sendHead = msg->next;
+        if (session->sendHead == NULL)
+            session->sendTail = NULL;
+        session->sendCount--;
+        free(msg);
+        if (session->sendHead != NULL)
+            ok = PostSend(session, session->sendHead);
+        if (ok && session->recvPaused) {
+            session->recvPaused = FALSE;
+            ok = PostRecv(session);
+        }
+    }
+    LeaveCriticalSection(&session->lock);
+    return ok;
+}
+
+/* Called only when no I/O is pending, so nothing writes into the session any more. Closes the
+ * socket, drops what is still queued, and puts the session back to accepting. */
+static void CloseSession(SESSION *session)
+{
+    SERVER *server = session->server;
+    BOOL wasConnected;
+
+    EnterCriticalSection(&server->lock); /* not connected first: the stop no longer reaches it */
+    wasConnected = session->connected;
+    if (wasConnected) {
+        session->connected = FALSE;
+        server->numClients--; /* the slot is free now */
+    }
+    LeaveCriticalSection(&server->lock);
+
+    closesocket(session->hClntSock);
+    while (session->sendHead != NULL) { /* left by a failed send */
+        PER_IO_DATA *msg = session->sendHead;
+        session->sendHead = msg->next;
+        free(msg);
+    }
+    session->sendTail = NULL;
+    session->sendCount = 0;
+    session->recvPaused = FALSE;
+    if (wasConnected) {
+        InterlockedIncrement(&server->numClosed);
+        LogLine("Closed client %s", session->peer);
+    }
+    if (wasConnected) { /* THE LESSON: a failed accept is not posted again */
+        PostAccept(session);
+    } else {
+        EnterCriticalSection(&server->lock);
+        ParkSession(server); /* out of the pool for good */
+        LeaveCriticalSection(&server->lock);
+    }
+}
+
+/* Lowers the I/O count at a completion. Whoever takes it to 0 saw the last one: closes. */
+static void ReleaseSession(SESSION *session)
+{
+    if (InterlockedDecrement(&session->ioCount) == 0)
+        CloseSession(session);
+}
+
+/* A worker: takes completions off the port, for any client, until the stop's sentinel. The
+ * OVERLAPPED points into a PER_IO_DATA, which names its session. */
+static DWORD WINAPI WorkerThreadMain(LPVOID param)
+{
+    HANDLE hComPort = (HANDLE)param;
+
+    for (;;) {
+        DWORD bytes = 0;
+        ULONG_PTR key = 0;
+        LPOVERLAPPED overlapped = NULL;
+        BOOL ok = GetQueuedCompletionStatus(hComPort, &bytes, &key, &overlapped, INFINITE);
+        SESSION *session;
+        PER_IO_DATA *ioData;
+
+        if (overlapped == NULL) {
+            if (ok)
+                return 0; /* the stop's sentinel: posted with no OVERLAPPED */
+            /* The wait itself failed (the port is gone): no packet; key and bytes mean nothing. */
+            ReportError("GetQueuedCompletionStatus()", GetLastError());
+            return 1;
+        }
+        /* Not from the key: an AcceptEx completion carries the listening socket's key. */
+        ioData = CONTAINING_RECORD(overlapped, PER_IO_DATA, overlapped);
+        session = ioData->session;
+        if (!ok) {
+            /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
+               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing, and
+               cancel the session's other I/O: it closes once both are over. */
+            DWORD err = GetLastError();
+            if (err != ERROR_OPERATION_ABORTED)
+                ReportError(ioData->rwMode == IO_ACCEPT ? "AcceptEx()" :
+                            ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
+            if (ioData->rwMode != IO_ACCEPT)
+                CancelIoEx((HANDLE)session->hClntSock, NULL);
+        } else if (ioData->rwMode == IO_ACCEPT) {
+            OnAcceptCompleted(session);
+        } else if (ioData->rwMode == IO_SEND) {
+            OnSendCompleted(session, ioData, bytes);
+        } else {
+            OnRecvCompleted(session, bytes);
+        }
+        /* Lowered last, after the next I/O is posted: the count of a session still in use never
+           touches 0 between two of its I/Os. When nothing was posted, this closes it. */
+        ReleaseSession(session);
+    }
+}
+
+/* AcceptEx and GetAcceptExSockaddrs are Microsoft extensions: their addresses are asked of the
+ * socket's provider at run time, as Microsoft's documentation requires. */
+static void LoadExtension(SOCKET hSock, GUID guid, void *function, DWORD size)
+{
+    DWORD bytes = 0;
+
+    if (WSAIoctl(hSock, SIO_GET_EXTENSION_FUNCTION_POINTER, &guid, sizeof(guid), function, size,
+                 &bytes, NULL, NULL) == SOCKET_ERROR)
+        ErrorHandling("WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER)");
+}
+
+/* The port, the listening socket on it, the pool and the workers. Concurrency 0: the port lets
+ * as many workers run at once as there are processors. One worker per processor, the notes' rule:
+ * when one blocks (here only in printf), the port may wake another; 2 x processors is the other
+ * usual rule. Only a measurement settles it (see the README). */
+static void StartServer(SERVER *server, SOCKET hServSock)
+{
+    GUID acceptExId = WSAID_ACCEPTEX, sockaddrsId = WSAID_GETACCEPTEXSOCKADDRS;
+    SYSTEM_INFO sysInfo;
+    DWORD i;
+
+    memset(server, 0, sizeof(*server));
+    server->hServSock = hServSock;
+    InitializeCriticalSection(&server->lock);
+    server->hNoSessions = CreateEvent(NULL, TRUE, FALSE, NULL);
+    if (server->hNoSessions == NULL)
+        ErrorHandlingCode("CreateEvent()", GetLastError());
+    server->hComPort = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
+    if (server->hComPort == NULL)
+        ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
+    LoadExtension(hServSock, acceptExId, &server->pfnAcceptEx, sizeof(server->pfnAcceptEx));
+    LoadExtension(hServSock, sockaddrsId, &server->pfnGetAcceptExSockaddrs,
+                  sizeof(server->pfnGetAcceptExSockaddrs));
+    /* The AcceptEx completions come to the port too; key 0, not used. */
+    if (CreateIoCompletionPort((HANDLE)hServSock, server->hComPort, 0, 0) == NULL)
+        ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
+
+    server->sessions = calloc(POOL_SIZE, sizeof(SESSION));
+    if (server->sessions == NULL)
+        ErrorHandlingCode("calloc()", ERROR_NOT_ENOUGH_MEMORY);
+    for (i = 0; i < POOL_SIZE; i++) {
+        server->sessions[i].server = server;
+        server->sessions[i].ioData.session = &server->sessions[i];
+        InitializeCriticalSection(&server->sessions[i].lock);
+    }
+    server->numSessions = POOL_SIZE; /* all in use from the start: each one accepts */
+
+    GetSystemInfo(&sysInfo);
+    server->numWorkers = sysInfo.dwNumberOfProcessors;
+    if (server->numWorkers < 1)
+        server->numWorkers = 1;
+    if (server->numWorkers > MAX_WORKERS) /* clamp to the array, however many processors */
+        server->numWorkers = MAX_WORKERS;
+    for (i = 0; i < server->numWorkers; i++) {
+        server->hWorkers[i] = CreateThread(NULL, 0, WorkerThreadMain, server->hComPort, 0, NULL);
+        if (server->hWorkers[i] == NULL)
+            ErrorHandlingCode("CreateThread()", GetLastError());
+    }
+}
+
+/* The graceful stop: stop accepting, end every session's I/O, wait until none is outstanding,
+ * then stop the workers, join them and free everything. */
+static void StopServer(SERVER *server)
+{
+    DWORD i;
+
+    LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+
+    /* Under the lock PostAccept holds: no AcceptEx is posted after this, and CancelIoEx on the
+       listening socket ends the pending ones (995). The listening socket is closed only at the
+       end: closed now, its handle value could come back as the new socket a worker passes to
+       AcceptEx, which Wine then leaves pending forever (measured). The connected sessions: cancel
+       rather than closesocket, as in 05. */
+    EnterCriticalSection(&server->lock);
+    server->stopping = TRUE;
+    CancelIoEx((HANDLE)server->hServSock, NULL);
+    for (i = 0; i < POOL_SIZE; i++) {
+        if (server->sessions[i].connected) {
+            shutdown(server->sessions[i].hClntSock, SD_BOTH);
+            CancelIoEx((HANDLE)server->sessions[i].hClntSock, NULL);
+        }
+    }
+    LeaveCriticalSection(&server->lock);
+    if (WaitForSingleObject(server->hNoSessions, INFINITE) != WAIT_OBJECT_0)
+        ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+
+    /* No I/O is outstanding: the port's queue holds nothing else. One sentinel per worker. */
+    for (i = 0; i < server->numWorkers; i++)
+        if (!PostQueuedCompletionStatus(server->hComPort, 0, 0, NULL))
+            ErrorHandlingCode("PostQueuedCompletionStatus()", GetLastError());
+    if (WaitForMultipleObjects(server->numWorkers, server->hWorkers, TRUE, INFINITE) == WAIT_FAILED)
+        ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
+    for (i = 0; i < server->numWorkers; i++)
+        CloseHandle(server->hWorkers[i]);
+    closesocket(server->hServSock);
+    for (i = 0; i < POOL_SIZE; i++)
+        DeleteCriticalSection(&server->sessions[i].lock);
+    free(server->sessions);
+    CloseHandle(server->hComPort);
+    CloseHandle(server->hNoSessions);
+    DeleteCriticalSection(&server->lock);
+}
+
+/* An AcceptEx for every session of the pool; then the workers do everything and the main thread
+ * waits for Ctrl+C. Returns once the server has stopped, with the last line. */
+static void ServeClients(SOCKET hServSock)
+{
+    SERVER server;
+    int i;
+
+    StartServer(&server, hServSock);
+    for (i = 0; i < POOL_SIZE; i++)
+        PostAccept(&server.sessions[i]);
+    g_hStopEvent = CreateEvent(NULL, TRUE, FALSE, NULL);
+    if (g_hStopEvent == NULL)
+        ErrorHandlingCode("CreateEvent()", GetLastError());
+    if (InterlockedCompareExchange(&g_state, SERVING, STARTING) == STARTING) {
+        if (WaitForSingleObject(g_hStopEvent, INFINITE) != WAIT_OBJECT_0)
+            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+    }
+    CloseHandle(g_hStopEvent);
+    StopServer(&server);
+    LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
+            server.numAccepted, server.numClosed, (long long)server.bytesEchoed);
+}
+
+int main(int argc, char *argv[])
+{
+    WSADATA wsaData;
+    SOCKET hServSock;
+    unsigned short port = ParsePort(argc, argv);
+    int err;
+
+    err = WSAStartup(MAKEWORD(2, 2), &wsaData);
+    if (err != 0)
+        ErrorHandlingCode("WSAStartup()", (DWORD)err);
+    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+        ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+
+    hServSock = OpenListenSocket(port);
+    ServeClients(hServSock); /* StopServer has closed hServSock */
+
+    WSACleanup();
+    return 0;
+}
