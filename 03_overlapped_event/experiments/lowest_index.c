@@ -98,7 +98,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
        (socket() sets it as well; WSASocket says so explicitly.) */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
     /* accept() now returns at once (WSAEWOULDBLOCK when nobody waits), and the sockets it

@@ -101,7 +101,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
        (socket() sets it as well; WSASocket says so explicitly.) */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
     /* Left blocking, unlike the notes' loop: the main thread does nothing but wait in accept(). */

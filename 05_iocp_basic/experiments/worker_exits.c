@@ -53,6 +53,7 @@
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
 #define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
 #define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
+#define STOP_REPORT_MS 1000 /* the stop names the sessions it still waits for, once a second */
 
 /* The one I/O a client has outstanding: a WSARecv into buf, or a WSASend of buf[sendPos..sendLen).
  * While it is pending the system owns overlapped, buf and recvFlags: none may move or be freed. */
@@ -83,7 +84,7 @@ typedef struct SERVER {
     SESSION *sessions;          /* every session not yet closed */
     volatile LONG numSessions;
     HANDLE hNoSessions;         /* manual-reset event, set while numSessions is 0 */
-    volatile LONG numAccepted, numClosed;
+    volatile LONG64 numAccepted, numClosed; /* 64-bit: a LONG wraps after 2^31 connections */
     volatile LONG64 bytesEchoed;
 } SERVER;
 
@@ -162,7 +163,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
        (socket() sets it as well; WSASocket says so explicitly.) */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
     /* Left blocking, unlike the notes' loop: the main thread does nothing but wait in accept(). */
@@ -280,11 +281,11 @@ static void CloseSession(SESSION *session)
     if (session->next != NULL)
         session->next->prev = session->prev;
     if (--server->numSessions == 0) /* the slot is free now */
-        SetEvent(server->hNoSessions);
+        SetEvent(server->hNoSessions); /* only a wake-up: the stop reads numSessions itself */
     LeaveCriticalSection(&server->lock);
 
     closesocket(session->hClntSock);
-    InterlockedIncrement(&server->numClosed);
+    InterlockedIncrement64(&server->numClosed);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -321,7 +322,9 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
         ioData = CONTAINING_RECORD(overlapped, PER_IO_DATA, overlapped);
         if (!ok) {
             /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
-               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing. */
+               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing. There
+               is nothing else to cancel: a session has one I/O at a time, and this was it. (06
+               and 07 have two, and need a closing flag so that the cancel of the other holds.) */
             DWORD err = GetLastError();
             if (err != ERROR_OPERATION_ABORTED)
                 ReportError(ioData->sendPos < ioData->sendLen ? "WSASend()" : "WSARecv()", err);
@@ -366,14 +369,14 @@ static void AcceptClient(SOCKET hServSock, SERVER *server)
         FormatAddress(&clntAdr, peer, sizeof(peer));
         LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, peer);
         closesocket(hClntSock);
-        InterlockedIncrement(&server->numClosed);
+        InterlockedIncrement64(&server->numClosed);
         return;
     }
     session = calloc(1, sizeof(*session));
     if (session == NULL) {
         ReportError("calloc()", ERROR_NOT_ENOUGH_MEMORY);
         closesocket(hClntSock);
-        InterlockedIncrement(&server->numClosed);
+        InterlockedIncrement64(&server->numClosed);
         return;
     }
     session->hClntSock = hClntSock;
@@ -430,27 +433,88 @@ static void StartServer(SERVER *server)
     }
 }
 
+/* Stop-path calls that failed under the server's lock: counted, the first one kept, reported
+ * after the lock. */
+typedef struct {
+    const char *call;
+    int error;
+    int count;
+} STOP_FAILURES;
+
+static void NoteStopFailure(STOP_FAILURES *failures, const char *call, int err)
+{
+    if (failures->count++ == 0) {
+        failures->call = call;
+        failures->error = err;
+    }
+}
+
+/* Ends a session's I/O for the stop: shutdown first, so that any post made after this fails at
+ * once (10058): the cancel holds even against a worker posting the next I/O right now; then
+ * CancelIoEx for what is pending now (995). The caller holds the server's lock. Expected
+ * failures: shutdown on a client that has just gone (WSAENOTCONN), the cancel with nothing
+ * pending (ERROR_NOT_FOUND); anything else is noted. */
+static void CancelForStop(SOCKET hSock, STOP_FAILURES *failures)
+{
+    if (shutdown(hSock, SD_BOTH) == SOCKET_ERROR && WSAGetLastError() != WSAENOTCONN)
+        NoteStopFailure(failures, "shutdown()", WSAGetLastError());
+    if (!CancelIoEx((HANDLE)hSock, NULL) && GetLastError() != ERROR_NOT_FOUND)
+        NoteStopFailure(failures, "CancelIoEx()", (int)GetLastError());
+}
+
+/* Waits until no session is left. hNoSessions is only the wake-up: the count, read under the
+ * lock, decides (so a lost SetEvent cannot hang the stop). Every STOP_REPORT_MS without the end,
+ * one line names the sessions still open and their outstanding I/O: a stop that hangs says on
+ * what (gathered under the lock, written after it). */
+static void WaitForSessions(SERVER *server)
+{
+    char names[512];
+    size_t used;
+    LONG left;
+    SESSION *session;
+    DWORD wait;
+
+    for (;;) {
+        wait = WaitForSingleObject(server->hNoSessions, STOP_REPORT_MS);
+        if (wait != WAIT_OBJECT_0 && wait != WAIT_TIMEOUT)
+            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+        names[0] = '\0';
+        used = 0;
+        EnterCriticalSection(&server->lock);
+        left = server->numSessions;
+        for (session = server->sessions; session != NULL && used + 48 < sizeof(names);
+             session = session->next)
+            used += (size_t)snprintf(names + used, sizeof(names) - used, " %s (%ld I/O)",
+                                     session->peer, session->ioCount);
+        LeaveCriticalSection(&server->lock);
+        if (left == 0)
+            return;
+        LogLine("Stopping: still waiting for %ld sessions:%s", left, names);
+    }
+}
+
 /* The graceful stop, once accepting has stopped: end every session's I/O, wait until none is
  * outstanding, then stop the workers, join them and free everything. */
 static void StopServer(SERVER *server)
 {
+    STOP_FAILURES failures = {NULL, 0, 0};
     SESSION *session;
     DWORD i;
 
     LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
 
     /* Cancel rather than closesocket: a worker may be using the session right now, and only the
-       one who takes its count to 0 may close and free it. shutdown makes any later post on it
-       fail at once (10058); CancelIoEx ends the pending one (995). Either may fail harmlessly on
-       a client that has just gone (not connected, nothing pending). */
+       one who takes its count to 0 may close and free it (CancelForStop). */
     EnterCriticalSection(&server->lock);
-    for (session = server->sessions; session != NULL; session = session->next) {
-        shutdown(session->hClntSock, SD_BOTH);
-        CancelIoEx((HANDLE)session->hClntSock, NULL);
-    }
+    for (session = server->sessions; session != NULL; session = session->next)
+        CancelForStop(session->hClntSock, &failures);
     LeaveCriticalSection(&server->lock);
-    if (WaitForSingleObject(server->hNoSessions, INFINITE) != WAIT_OBJECT_0)
-        ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+    if (failures.count != 0) { /* the bounded wait below names what they leave stuck */
+        ReportError(failures.call, (DWORD)failures.error);
+        if (failures.count > 1)
+            LogLine("Stopping: %d cancels failed in all", failures.count);
+    }
+    WaitForSessions(server);
 
     /* No I/O is outstanding: the port's queue holds nothing else. One sentinel per worker. */
     for (i = 0; i < server->numWorkers; i++)
@@ -488,8 +552,9 @@ static void ServeClients(SOCKET hServSock)
     ReleaseSRWLockExclusive(&g_portLock);
     closesocket(hServSock); /* only this thread used it */
     StopServer(&server);
-    LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
-            server.numAccepted, server.numClosed, (long long)server.bytesEchoed);
+    LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
+            (long long)server.numAccepted, (long long)server.numClosed,
+            (long long)server.bytesEchoed);
 }
 
 int main(int argc, char *argv[])

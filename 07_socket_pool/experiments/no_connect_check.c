@@ -35,6 +35,8 @@
  *     must say so, or the socket is closed (Wine 8 reuses none: see the README).
  *   - the stop of 06, with the pending disconnects cancelled too, and every pooled socket closed
  *     once; the last lines count the sockets made and reused.
+ *   - 06's retry of an AcceptEx that cannot be posted; at start the pool makes the sockets it can
+ *     and the sessions make the rest later, so a shortage of sockets at start-up is no exit.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)
@@ -56,6 +58,9 @@
 #define ADDR_SLOT (sizeof(SOCKADDR_STORAGE) + 16) /* AcceptEx: the largest address + 16, each */
 #define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
 #define ACCEPT_TRIES 8    /* AcceptEx fails at once for each reset connection it meets: retry */
+#define ACCEPT_RETRY_MS 100 /* a session whose AcceptEx could not be posted tries again after this */
+#define REPORT_EVERY_MS 1000 /* failed AcceptEx calls: at most one line a second, with a count */
+#define STOP_REPORT_MS 1000 /* the stop names the sessions it still waits for, once a second */
 
 enum { IO_ACCEPT, IO_RECV, IO_SEND, IO_DISCONNECT };
 
@@ -73,6 +78,12 @@ typedef struct PER_IO_DATA {
     struct PER_IO_DATA *next; /* the next message in the send queue */
 } PER_IO_DATA;
 
+/* A call that failed while a lock was held: reported once the lock is released. */
+typedef struct {
+    const char *call;            /* NULL: nothing failed */
+    int error;
+} FAILURE;
+
 /* One client, from a pool made once: it waits in an AcceptEx, serves a client, accepts again. */
 typedef struct SESSION {
     SOCKET hClntSock;
@@ -87,6 +98,8 @@ typedef struct SESSION {
     PER_IO_DATA *sendHead, *sendTail; /* the send queue: sendHead's WSASend is outstanding */
     int sendCount;
     BOOL recvPaused;             /* the queue was full: a send's completion posts the WSARecv */
+    BOOL closing;                /* an error path ends it: post nothing more (the session's lock) */
+    struct SESSION *nextRetry;   /* in the server's retry list (guarded by the server's lock) */
 } SESSION;
 
 /* The notes' CSocketPool: free sockets, each associated with the port when it was made. */
@@ -96,7 +109,8 @@ typedef struct SOCKET_POOL {
     int count, size;
     int numFresh;               /* the bottom numFresh never served a client (made by Init) */
     HANDLE hComPort;            /* where a new socket is associated, once */
-    LONG numCreated, numReuses;
+    volatile LONG64 numCreated; /* 64-bit, as the Shutdown line's counts */
+    LONG64 numReuses;
 } SOCKET_POOL;
 
 /* What the workers and the main thread share. */
@@ -113,13 +127,20 @@ typedef struct SERVER {
     const char *disconnectName; /* "TransmitFile()" or "DisconnectEx()", for error lines */
     SOCKET_POOL pool;
     CRITICAL_SECTION lock;      /* guards stopping, the AcceptEx and disconnect posts, the flags
-                                   connected and disconnecting, and the counts */
+                                   connected and disconnecting, the counts, the retry list and
+                                   the failure report */
     BOOL stopping;
+    SESSION *retryHead;         /* sessions whose AcceptEx could not be posted: retried later */
+    HANDLE hRetryEvent;         /* auto-reset: set when the retry list stops being empty */
+    LONG64 acceptFailures;      /* failed AcceptEx calls (resets not counted), since the last
+                                   time every session accepted */
+    LONG64 reportedFailures;    /* how many of them the last report line had counted */
+    ULONGLONG lastReport;       /* GetTickCount64() of the last report line */
     SESSION *sessions;          /* the pool: POOL_SIZE sessions */
     LONG numSessions;           /* sessions in use, accepting or serving: 0 once all have stopped */
     LONG numClients;            /* sessions serving a client: MAX_CLIENTS at most */
     HANDLE hNoSessions;         /* manual-reset event, set once numSessions is 0 */
-    volatile LONG numAccepted, numClosed;
+    volatile LONG64 numAccepted, numClosed; /* 64-bit: a LONG wraps after 2^31 connections */
     volatile LONG64 bytesEchoed;
 } SERVER;
 
@@ -164,15 +185,15 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
     return TRUE;
 }
 
-/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+/* socket, bind, listen (port 0 picks one). "Listening on port N" waits for the pool's AcceptEx
+ * posts: ServeClients prints it. */
 static SOCKET OpenListenSocket(unsigned short port)
 {
     SOCKET hServSock;
     SOCKADDR_IN servAdr;
-    int adrSz = sizeof(servAdr);
 
     /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
-    hServSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocket()");
 
@@ -185,10 +206,6 @@ static SOCKET OpenListenSocket(unsigned short port)
     /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
     if (listen(hServSock, SOMAXCONN) == SOCKET_ERROR)
         ErrorHandling("listen()");
-
-    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
-        ErrorHandling("getsockname()");
-    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
     return hServSock;
 }
 
@@ -203,32 +220,36 @@ static void FormatAddress(const SOCKADDR_IN *adr, char *text, size_t textSize)
 /* A new socket for the pool, associated with the port now and never again: a socket stays on
  * its port, under its first key, until it is closed (a second CreateIoCompletionPort on it fails
  * with 87, and its completions keep the first key). Key 0, unused: the OVERLAPPED names the
- * session. A failure is reported here, and its code left for the caller (WSAGetLastError). */
-static SOCKET CreatePoolSocket(SOCKET_POOL *pool)
+ * session. A failure is not reported here (the caller may hold a lock): the failed call goes to
+ * *failedCall, its code to WSAGetLastError. */
+static SOCKET CreatePoolSocket(SOCKET_POOL *pool, const char **failedCall)
 {
-    SOCKET hSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET hSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     int err;
 
     if (hSock == INVALID_SOCKET) {
-        err = WSAGetLastError();
-        ReportError("WSASocket()", err);
-        WSASetLastError(err);
+        *failedCall = "WSASocket()"; /* 10024 or 10055: out of sockets or buffers, for now */
         return INVALID_SOCKET;
     }
     if (CreateIoCompletionPort((HANDLE)hSock, pool->hComPort, 0, 0) == NULL) {
         err = (int)GetLastError();
-        ReportError("CreateIoCompletionPort()", err);
+        *failedCall = "CreateIoCompletionPort()";
         closesocket(hSock);
         WSASetLastError(err);
         return INVALID_SOCKET;
     }
-    InterlockedIncrement(&pool->numCreated);
+    InterlockedIncrement64(&pool->numCreated);
     return hSock;
 }
 
-/* The notes' Init(poolSize): room for poolSize free sockets, all made now. */
+/* The notes' Init(poolSize): room for poolSize free sockets, made now, as many as can be: a
+ * shortage of sockets at start-up (another process holding them) is no reason to exit. What is
+ * missing is made later, one socket whenever a session finds the pool empty (SocketPoolAlloc),
+ * and a session that cannot get one retries (PostAccept). */
 static void SocketPoolInit(SOCKET_POOL *pool, int poolSize, HANDLE hComPort)
 {
+    const char *failedCall = NULL;
+
     memset(pool, 0, sizeof(*pool));
     InitializeSRWLock(&pool->lock);
     pool->hComPort = hComPort;
@@ -237,9 +258,13 @@ static void SocketPoolInit(SOCKET_POOL *pool, int poolSize, HANDLE hComPort)
     if (pool->sockets == NULL)
         ErrorHandlingCode("calloc()", ERROR_NOT_ENOUGH_MEMORY);
     while (pool->count < poolSize) {
-        SOCKET hSock = CreatePoolSocket(pool);
-        if (hSock == INVALID_SOCKET)
-            exit(1); /* at start-up: CreatePoolSocket has reported why */
+        SOCKET hSock = CreatePoolSocket(pool, &failedCall);
+        if (hSock == INVALID_SOCKET) {
+            ReportError(failedCall, WSAGetLastError());
+            LogLine("Socket pool: %d of %d sockets made at start; the rest when sessions need them",
+                    pool->count, poolSize);
+            break;
+        }
         pool->sockets[pool->count++] = hSock;
     }
     pool->numFresh = pool->count;
@@ -247,7 +272,7 @@ static void SocketPoolInit(SOCKET_POOL *pool, int poolSize, HANDLE hComPort)
 
 /* The notes' Alloc: a free socket, or a new one when none is left. A socket that Free put back
  * (above the fresh ones on the stack) is a reuse: no WSASocket, no association. */
-static SOCKET SocketPoolAlloc(SOCKET_POOL *pool)
+static SOCKET SocketPoolAlloc(SOCKET_POOL *pool, const char **failedCall)
 {
     SOCKET hSock = INVALID_SOCKET;
 
@@ -261,7 +286,7 @@ static SOCKET SocketPoolAlloc(SOCKET_POOL *pool)
     }
     ReleaseSRWLockExclusive(&pool->lock);
     if (hSock == INVALID_SOCKET)
-        hSock = CreatePoolSocket(pool);
+        hSock = CreatePoolSocket(pool, failedCall);
     return hSock;
 }
 
@@ -295,28 +320,44 @@ static void ResetOverlapped(PER_IO_DATA *ioData)
     memset(&ioData->overlapped, 0, sizeof(ioData->overlapped));
 }
 
-/* A session leaves use for good: at the stop, or when it cannot accept any more. The caller
- * holds the server's lock. */
+/* Reports what failed while a lock was held, now that it is released: a line written under a
+ * lock can block (a console in QuickEdit mode with a selection, a pipe nobody reads), and every
+ * thread that needs the lock would block behind it. */
+static void ReportFailure(const FAILURE *failure)
+{
+    if (failure->call != NULL)
+        ReportError(failure->call, (DWORD)failure->error);
+}
+
+/* A session leaves use for good: only at the stop. The caller holds the server's lock. */
 static void ParkSession(SERVER *server)
 {
     if (--server->numSessions == 0)
-        SetEvent(server->hNoSessions);
+        SetEvent(server->hNoSessions); /* only a wake-up: the stop reads numSessions itself */
+}
+
+/* A connection reset while it waited in the backlog makes AcceptEx fail at once (10054; Wine:
+ * 59, ERROR_UNEXP_NET_ERR): a failure of that connection, not of the session. */
+static BOOL IsResetBeforeAccept(int err)
+{
+    return err == WSAECONNRESET || err == ERROR_UNEXP_NET_ERR;
 }
 
 /* Gives the session a pool socket and posts an AcceptEx with it. Receive length 0: it completes
  * when a client connects, not when it first sends. Returns 0 once posted (done at once or pending,
- * the completion is queued to the port), else the error of a failure at once: then no completion
- * will come, and the socket is closed again. */
-static int TryAcceptEx(SESSION *session)
+ * the completion is queued to the port), else the error of a failure at once, and the failed call
+ * in *failedCall: then no completion will come, and the socket is closed again. The caller holds
+ * the server's lock: nothing is reported here. */
+static int TryAcceptEx(SESSION *session, const char **failedCall)
 {
     SERVER *server = session->server;
     PER_IO_DATA *ioData = &session->ioData;
     DWORD bytes = 0;
     int err;
 
-    session->hClntSock = SocketPoolAlloc(&server->pool);
+    session->hClntSock = SocketPoolAlloc(&server->pool, failedCall);
     if (session->hClntSock == INVALID_SOCKET)
-        return WSAGetLastError(); /* reported by the pool */
+        return WSAGetLastError();
     ResetOverlapped(ioData);
     ioData->rwMode = IO_ACCEPT;
     InterlockedIncrement(&session->ioCount);
@@ -326,39 +367,179 @@ static int TryAcceptEx(SESSION *session)
     err = WSAGetLastError();
     if (err == ERROR_IO_PENDING)
         return 0;
-    ReportError("AcceptEx()", err); /* e.g. 10054: a client reset while it waited in the backlog */
+    *failedCall = "AcceptEx()";
     InterlockedDecrement(&session->ioCount);
     closesocket(session->hClntSock);
     return err;
 }
 
+/* Counts a failed AcceptEx (a post or a completion) and says whether a line is due: the first at once, then at most
+ * one a second, counting those not reported yet (a shortage of sockets fails a whole pool's posts
+ * again every ACCEPT_RETRY_MS). The caller holds the server's lock; *count gets the number. */
+static BOOL CountAcceptFailure(SERVER *server, LONG64 *count)
+{
+    ULONGLONG now = GetTickCount64();
+
+    server->acceptFailures++;
+    if (server->reportedFailures != 0 && now - server->lastReport < REPORT_EVERY_MS)
+        return FALSE;
+    *count = server->acceptFailures - server->reportedFailures;
+    server->reportedFailures = server->acceptFailures;
+    server->lastReport = now;
+    return TRUE;
+}
+
+/* The failure line, outside the lock: the call, how many failed since the last line (the
+ * last one's error is shown), and what happens to them. */
+static void ReportAcceptFailure(const char *call, int err, LONG64 count)
+{
+    char what[160];
+
+    snprintf(what, sizeof(what), "%s [%lld failed AcceptEx calls since the last report; each "
+             "session retries after %d ms]", call, (long long)count, ACCEPT_RETRY_MS);
+    ReportError(what, (DWORD)err);
+}
+
 /* Puts a free session back to accepting. Under the server's lock, which the stop takes to cancel
  * the accepts: an AcceptEx is posted before the stop (and cancelled by it) or not at all. A reset
- * connection concerns that connection only: try again with another socket. Any other failure at
- * once takes the session out of the pool (it is logged above); the others go on accepting. */
+ * connection concerns that connection only: try again at once with another socket. Any other
+ * failure at once (out of sockets or memory: a shortage that may pass) never takes the session
+ * out of the pool: it goes on the retry list, and the main thread posts it again after
+ * ACCEPT_RETRY_MS (RetryAccepts). So the pool never shrinks while the server runs. */
 static void PostAccept(SESSION *session)
 {
     SERVER *server = session->server;
+    const char *failedCall = NULL;
     int tries, err = 0;
+    BOOL report = FALSE, wake = FALSE;
+    LONG64 count = 0;
 
     EnterCriticalSection(&server->lock);
     for (tries = 0; tries < ACCEPT_TRIES && !server->stopping; tries++) {
-        err = TryAcceptEx(session);
-        if (err != WSAECONNRESET)
+        err = TryAcceptEx(session, &failedCall);
+        if (!IsResetBeforeAccept(err))
             break;
     }
-    if (server->stopping || err != 0)
+    if (server->stopping) {
         ParkSession(server);
+    } else if (err != 0) { /* ACCEPT_TRIES resets in a row land here too, uncounted */
+        if (!IsResetBeforeAccept(err))
+            report = CountAcceptFailure(server, &count);
+        wake = server->retryHead == NULL;
+        session->nextRetry = server->retryHead;
+        server->retryHead = session;
+    }
     LeaveCriticalSection(&server->lock);
+    if (report)
+        ReportAcceptFailure(failedCall, err, count);
+    if (wake && !SetEvent(server->hRetryEvent))
+        ReportError("SetEvent()", GetLastError()); /* cannot fail on a valid handle */
+}
+
+/* A failed AcceptEx completion (not the stop's cancel). A connection reset before it was
+ * accepted (also 64, ERROR_NETNAME_DELETED, here) is no failure of the session: no line. Anything
+ * else is counted and reported like a failed post, at most once a second: under Wine, while no
+ * descriptor is left, each pending AcceptEx that a connection reaches fails with 4
+ * (ERROR_TOO_MANY_OPEN_FILES), and a line each would flood the log, and block every worker on a
+ * log that is not read. The session accepts again either way (CloseSession, PostAccept). */
+static void OnAcceptFailed(SERVER *server, DWORD err)
+{
+    LONG64 count = 0;
+    BOOL report;
+
+    if (IsResetBeforeAccept((int)err) || err == ERROR_NETNAME_DELETED)
+        return;
+    EnterCriticalSection(&server->lock);
+    report = CountAcceptFailure(server, &count);
+    LeaveCriticalSection(&server->lock);
+    if (report)
+        ReportAcceptFailure("AcceptEx()", (int)err, count);
+}
+
+/* The main thread, between Ctrl+Cs: posts again the AcceptEx of every session on the retry
+ * list. Those that fail again go back on it, and the main thread comes back after another
+ * ACCEPT_RETRY_MS. Once the list is empty after failures, one line says the pool is whole. */
+static void RetryAccepts(SERVER *server)
+{
+    SESSION *session, *next;
+    LONG64 failures = 0;
+    BOOL whole;
+
+    EnterCriticalSection(&server->lock);
+    session = server->retryHead;
+    server->retryHead = NULL;
+    LeaveCriticalSection(&server->lock);
+    for (; session != NULL; session = next) {
+        next = session->nextRetry;
+        session->nextRetry = NULL;
+        PostAccept(session);
+    }
+    EnterCriticalSection(&server->lock);
+    whole = server->retryHead == NULL && server->acceptFailures != 0 && !server->stopping;
+    if (whole) {
+        failures = server->acceptFailures;
+        server->acceptFailures = server->reportedFailures = 0; /* the next shortage: a new count */
+    }
+    LeaveCriticalSection(&server->lock);
+    if (whole)
+        LogLine("Every session accepts again (after %lld failed AcceptEx calls)",
+                (long long)failures);
+}
+
+/* The main thread waits for Ctrl+C, and meanwhile it is the retry timer: when a session goes on
+ * the empty retry list, hRetryEvent wakes it; it waits ACCEPT_RETRY_MS (a shortage does not pass
+ * in a microsecond: retrying at once would only spin), then posts the list again. The simplest
+ * design that is correct: the thread exists and is idle anyway; the stop, on this same thread,
+ * never meets a retry half done; and no timer or extra packet on the port has to be cancelled
+ * and drained at the stop. */
+static void WaitForStop(SERVER *server)
+{
+    HANDLE events[2];
+    DWORD which;
+
+    events[0] = g_hStopEvent;
+    events[1] = server->hRetryEvent;
+    for (;;) {
+        which = WaitForMultipleObjects(2, events, FALSE, INFINITE);
+        if (which == WAIT_OBJECT_0)
+            return;
+        if (which != WAIT_OBJECT_0 + 1)
+            ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
+        which = WaitForSingleObject(g_hStopEvent, ACCEPT_RETRY_MS); /* the back-off */
+        if (which == WAIT_OBJECT_0)
+            return;
+        if (which != WAIT_TIMEOUT)
+            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+        RetryAccepts(server);
+    }
+}
+
+/* An error path has decided that the session ends: no post on it may succeed after this one.
+ * CancelIoEx ends only what is pending NOW: a worker finishing the session's other I/O a moment
+ * later would post again (its WSARecv after a failed send: the session would hold its slot and
+ * echo nothing). So the flag is set first, under the session's lock, and every post checks it
+ * under the same lock (PostRecv, PostSend): a post either came before (it is pending, and the
+ * cancel below ends it) or sees the flag and posts nothing. The caller holds the session's lock.
+ * The cancel's failure is reported by the caller, after the lock. */
+static void EndSession(SESSION *session, FAILURE *failure)
+{
+    session->closing = TRUE;
+    if (!CancelIoEx((HANDLE)session->hClntSock, NULL) && GetLastError() != ERROR_NOT_FOUND &&
+        failure->call == NULL) { /* ERROR_NOT_FOUND: nothing was pending */
+        failure->call = "CancelIoEx()";
+        failure->error = (int)GetLastError();
+    }
 }
 
 /* Posts a receive into the whole buffer. Done at once or pending, its completion is queued to the
- * port, for any worker; only a failure at once (no completion will come) returns FALSE. The
- * caller holds the session's lock. */
-static BOOL PostRecv(SESSION *session)
+ * port, for any worker; only a failure at once (no completion will come), or a session that is
+ * closing, returns FALSE. The caller holds the session's lock, and reports *failure after it. */
+static BOOL PostRecv(SESSION *session, FAILURE *failure)
 {
     PER_IO_DATA *ioData = &session->ioData;
 
+    if (session->closing)
+        return FALSE;
     ResetOverlapped(ioData);
     ioData->recvFlags = 0; /* in/out: WSARecv may have written to it last time */
     ioData->rwMode = IO_RECV;
@@ -371,10 +552,12 @@ static BOOL PostRecv(SESSION *session)
                 &ioData->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
-                ReportError("WSARecv()", err); /* e.g. 10054: the client reset */
+            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
+                failure->call = "WSARecv()"; /* e.g. 10054: the client reset */
+                failure->error = err;
+            }
             InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
-            CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending send, if any, ends too */
+            EndSession(session, failure); /* the pending send, if any, ends too */
             return FALSE;
         }
     }
@@ -382,8 +565,10 @@ static BOOL PostRecv(SESSION *session)
 }
 
 /* Posts a send of what is not sent yet of msg, the head of the queue. Same rules as PostRecv. */
-static BOOL PostSend(SESSION *session, PER_IO_DATA *msg)
+static BOOL PostSend(SESSION *session, PER_IO_DATA *msg, FAILURE *failure)
 {
+    if (session->closing)
+        return FALSE;
     ResetOverlapped(msg);
     msg->wsaBuf.buf = msg->buf + msg->sendPos;
     msg->wsaBuf.len = msg->sendLen - msg->sendPos;
@@ -392,10 +577,12 @@ static BOOL PostSend(SESSION *session, PER_IO_DATA *msg)
                 &msg->overlapped, NULL) == SOCKET_ERROR) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            if (err != WSAESHUTDOWN) /* 10058: the stop has shut it down; not worth a line */
-                ReportError("WSASend()", err); /* under Wine, 10054 at once on a reset client */
+            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
+                failure->call = "WSASend()"; /* under Wine, 10054 at once on a reset client */
+                failure->error = err;
+            }
             InterlockedDecrement(&session->ioCount);
-            CancelIoEx((HANDLE)session->hClntSock, NULL); /* the pending receive, if any, too */
+            EndSession(session, failure); /* the pending receive, if any, too */
             return FALSE;
         }
     }
@@ -408,6 +595,7 @@ static BOOL PostSend(SESSION *session, PER_IO_DATA *msg)
 static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
 {
     PER_IO_DATA *msg = malloc(sizeof(*msg));
+    FAILURE failure = {NULL, 0};
     BOOL ok = TRUE;
 
     if (msg == NULL) { /* post nothing more: the session ends once its queue is sent */
@@ -428,12 +616,13 @@ static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
         session->sendHead = msg;
     session->sendTail = msg;
     if (++session->sendCount == 1)
-        ok = PostSend(session, msg);
+        ok = PostSend(session, msg, &failure);
     if (ok && session->sendCount < MAX_SEND_QUEUE)
-        ok = PostRecv(session);
+        ok = PostRecv(session, &failure);
     else if (ok)
         session->recvPaused = TRUE;
     LeaveCriticalSection(&session->lock);
+    ReportFailure(&failure);
     return ok;
 }
 
@@ -445,6 +634,7 @@ static BOOL OnAcceptCompleted(SESSION *session)
     SOCKADDR *localAdr, *remoteAdr;
     int localLen = 0, remoteLen = 0;
     SOCKADDR_IN clntAdr;
+    FAILURE failure = {NULL, 0};
     BOOL full, ok;
 
     /* The accepted socket takes the listening socket's properties only now: Windows wants this
@@ -462,7 +652,7 @@ static BOOL OnAcceptCompleted(SESSION *session)
         remoteLen = sizeof(clntAdr);
     memcpy(&clntAdr, remoteAdr, (size_t)remoteLen);
     FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
-    InterlockedIncrement(&server->numAccepted);
+    InterlockedIncrement64(&server->numAccepted);
 
     EnterCriticalSection(&server->lock); /* connected before the stop's pass, or not at all */
     full = server->numClients == MAX_CLIENTS;
@@ -475,15 +665,16 @@ static BOOL OnAcceptCompleted(SESSION *session)
     if (!ok) {
         if (full)
             LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, session->peer);
-        InterlockedIncrement(&server->numClosed);
+        InterlockedIncrement64(&server->numClosed);
         return FALSE; /* no post: CloseSession closes it and accepts again */
     }
     LogLine("Connected client %s", session->peer);
     /* No CreateIoCompletionPort here: the socket has been on the port since the pool made it
        (a reused one would fail with 87 and keep its first key). Then the first receive. */
     EnterCriticalSection(&session->lock);
-    ok = PostRecv(session);
+    ok = PostRecv(session, &failure);
     LeaveCriticalSection(&session->lock);
+    ReportFailure(&failure);
     return ok;
 }
 
@@ -503,13 +694,14 @@ static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
  * is sent, and a receive held back by a full queue is posted now. */
 static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
 {
+    FAILURE failure = {NULL, 0};
     BOOL ok = TRUE;
 
     InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
     EnterCriticalSection(&session->lock);
     msg->sendPos += bytes;
     if (msg->sendPos < msg->sendLen) {
-        ok = PostSend(session, msg);
+        ok = PostSend(session, msg, &failure);
     } else {
         session->sendHead = msg->next;
         if (session->sendHead == NULL)
@@ -517,13 +709,14 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
         session->sendCount--;
         free(msg);
         if (session->sendHead != NULL)
-            ok = PostSend(session, session->sendHead);
+            ok = PostSend(session, session->sendHead, &failure);
         if (ok && session->recvPaused) {
             session->recvPaused = FALSE;
-            ok = PostRecv(session);
+            ok = PostRecv(session, &failure);
         }
     }
     LeaveCriticalSection(&session->lock);
+    ReportFailure(&failure);
     return ok;
 }
 
@@ -534,8 +727,8 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
  * ERROR_IO_PENDING mean that a completion packet comes: the socket is on a port, and without
  * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS (SetFileCompletionNotificationModes) a request that
  * succeeds at once is queued to the port like one that pends. Another error: none comes, and
- * FALSE tells the caller to close the socket. */
-static BOOL PostDisconnect(SESSION *session)
+ * FALSE tells the caller to close the socket (and report *failure, after the lock). */
+static BOOL PostDisconnect(SESSION *session, FAILURE *failure)
 {
     SERVER *server = session->server;
     PER_IO_DATA *ioData = &session->ioData;
@@ -557,8 +750,10 @@ static BOOL PostDisconnect(SESSION *session)
             int err = WSAGetLastError();
             posted = err == ERROR_IO_PENDING;
             if (!posted) {
-                if (err != WSAENOTCONN) /* 10057: a reset client, nothing left to disconnect */
-                    ReportError(server->disconnectName, err);
+                if (err != WSAENOTCONN) { /* 10057: a reset client, nothing left to disconnect */
+                    failure->call = server->disconnectName; /* reported after the lock */
+                    failure->error = err;
+                }
                 InterlockedDecrement(&session->ioCount); /* no completion will come */
                 session->disconnecting = FALSE;
             }
@@ -592,7 +787,8 @@ static void OnDisconnectCompleted(SESSION *session)
 static void CloseSession(SESSION *session)
 {
     SERVER *server = session->server;
-    BOOL wasConnected;
+    FAILURE failure = {NULL, 0};
+    BOOL wasConnected, posted;
 
     EnterCriticalSection(&server->lock); /* not connected first: the stop no longer reaches it */
     wasConnected = session->connected;
@@ -611,8 +807,9 @@ static void CloseSession(SESSION *session)
     session->sendTail = NULL;
     session->sendCount = 0;
     session->recvPaused = FALSE;
+    session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
     if (wasConnected) {
-        InterlockedIncrement(&server->numClosed);
+        InterlockedIncrement64(&server->numClosed);
         LogLine("Closed client %s", session->peer);
     }
     /* Reuse only what the client closed first: then TIME_WAIT stays on the client's side and the
@@ -620,7 +817,9 @@ static void CloseSession(SESSION *session)
        ours, and Microsoft's DisconnectEx page warns that TIME_WAIT may delay the disconnect. */
     if (session->clientClosed) {
         session->clientClosed = FALSE;
-        if (PostDisconnect(session))
+        posted = PostDisconnect(session, &failure);
+        ReportFailure(&failure);
+        if (posted)
             return; /* OnDisconnectCompleted takes the socket, then the count is 0 again */
     }
     if (session->hClntSock != INVALID_SOCKET) /* not reusable, or the disconnect failed */
@@ -664,14 +863,21 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
         if (!ok) {
             /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
                1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing, and
-               cancel the session's other I/O: it closes once both are over. */
+               end the session's other I/O (EndSession): it closes once both are over. */
             DWORD err = GetLastError();
-            if (err != ERROR_OPERATION_ABORTED)
-                ReportError(ioData->rwMode == IO_ACCEPT ? "AcceptEx()" :
-                            ioData->rwMode == IO_DISCONNECT ? session->server->disconnectName :
-                            ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
-            if (ioData->rwMode != IO_ACCEPT)
-                CancelIoEx((HANDLE)session->hClntSock, NULL);
+            FAILURE failure = {NULL, 0};
+            if (ioData->rwMode == IO_ACCEPT) {
+                if (err != ERROR_OPERATION_ABORTED)
+                    OnAcceptFailed(session->server, err);
+            } else {
+                if (err != ERROR_OPERATION_ABORTED)
+                    ReportError(ioData->rwMode == IO_DISCONNECT ? session->server->disconnectName :
+                                ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
+                EnterCriticalSection(&session->lock);
+                EndSession(session, &failure);
+                LeaveCriticalSection(&session->lock);
+                ReportFailure(&failure);
+            }
         } else if (ioData->rwMode == IO_ACCEPT) {
             OnAcceptCompleted(session);
         } else if (ioData->rwMode == IO_DISCONNECT) {
@@ -716,6 +922,9 @@ static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
     server->hNoSessions = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (server->hNoSessions == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());
+    server->hRetryEvent = CreateEvent(NULL, FALSE, FALSE, NULL);
+    if (server->hRetryEvent == NULL)
+        ErrorHandlingCode("CreateEvent()", GetLastError());
     server->hComPort = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
     if (server->hComPort == NULL)
         ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
@@ -731,7 +940,6 @@ static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
     /* The AcceptEx completions come to the port too; key 0, not used. */
     if (CreateIoCompletionPort((HANDLE)hServSock, server->hComPort, 0, 0) == NULL)
         ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
-    SocketPoolInit(&server->pool, POOL_SIZE, server->hComPort); /* a socket for every session */
 
     server->sessions = calloc(POOL_SIZE, sizeof(SESSION));
     if (server->sessions == NULL)
@@ -754,12 +962,78 @@ static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
         if (server->hWorkers[i] == NULL)
             ErrorHandlingCode("CreateThread()", GetLastError());
     }
+    /* A socket for every session, last: under a shortage the pool takes what is left, and the
+       threads above need descriptors too (measured under Wine: made first, the pool left none,
+       and CreateThread failed). */
+    SocketPoolInit(&server->pool, POOL_SIZE, server->hComPort);
+}
+
+/* Stop-path calls that failed under the server's lock: counted, the first one kept, reported
+ * after the lock. */
+typedef struct {
+    FAILURE first;
+    int count;
+} STOP_FAILURES;
+
+static void NoteStopFailure(STOP_FAILURES *failures, const char *call, int err)
+{
+    if (failures->count++ == 0) {
+        failures->first.call = call;
+        failures->first.error = err;
+    }
+}
+
+/* Ends a connected session's I/O for the stop: shutdown first, so that any post made after this
+ * fails at once (10058), then CancelIoEx for what is pending now (995). The caller holds the
+ * server's lock. Expected failures: shutdown on a client that has just gone (WSAENOTCONN), the
+ * cancel with nothing pending (ERROR_NOT_FOUND); anything else is noted. */
+static void CancelForStop(SOCKET hSock, BOOL shut, STOP_FAILURES *failures)
+{
+    if (shut && shutdown(hSock, SD_BOTH) == SOCKET_ERROR && WSAGetLastError() != WSAENOTCONN)
+        NoteStopFailure(failures, "shutdown()", WSAGetLastError());
+    if (!CancelIoEx((HANDLE)hSock, NULL) && GetLastError() != ERROR_NOT_FOUND)
+        NoteStopFailure(failures, "CancelIoEx()", (int)GetLastError());
+}
+
+/* Waits until no session is in use. hNoSessions is only the wake-up: the count, read under the
+ * lock, decides (so a lost SetEvent cannot hang the stop). Every STOP_REPORT_MS without the end,
+ * one line names the sessions still in use and their outstanding I/O: a stop that hangs says on
+ * what (gathered under the lock, written after it). */
+static void WaitForSessions(SERVER *server)
+{
+    char names[512];
+    size_t used;
+    LONG left;
+    DWORD i, wait;
+
+    for (;;) {
+        wait = WaitForSingleObject(server->hNoSessions, STOP_REPORT_MS);
+        if (wait != WAIT_OBJECT_0 && wait != WAIT_TIMEOUT)
+            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+        names[0] = '\0';
+        used = 0;
+        EnterCriticalSection(&server->lock);
+        left = server->numSessions;
+        for (i = 0; left != 0 && i < POOL_SIZE && used + 48 < sizeof(names); i++) {
+            SESSION *session = &server->sessions[i];
+            if (session->ioCount != 0)
+                used += (size_t)snprintf(names + used, sizeof(names) - used, " %s (%ld I/O)",
+                                         session->connected ? session->peer :
+                                         session->disconnecting ? "disconnecting" : "accepting",
+                                         session->ioCount);
+        }
+        LeaveCriticalSection(&server->lock);
+        if (left == 0)
+            return;
+        LogLine("Stopping: still waiting for %ld sessions:%s", left, names);
+    }
 }
 
 /* The graceful stop: stop accepting, end every session's I/O, wait until none is outstanding,
  * then stop the workers, join them and free everything. */
 static void StopServer(SERVER *server)
 {
+    STOP_FAILURES failures = {{NULL, 0}, 0};
     DWORD i;
 
     LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
@@ -769,21 +1043,28 @@ static void StopServer(SERVER *server)
        end: closed now, its handle value could come back as the new socket a worker passes to
        AcceptEx, which Wine then leaves pending forever (measured). The connected sessions: cancel
        rather than closesocket, as in 05; and the pending disconnects (under the same lock, none is
-       posted after this; a TCP disconnect may wait for TIME_WAIT). */
+       posted after this; a TCP disconnect may wait for TIME_WAIT). The sessions on the retry list
+       have no I/O: they leave use now (this thread is the only one that retries them). */
     EnterCriticalSection(&server->lock);
     server->stopping = TRUE;
-    CancelIoEx((HANDLE)server->hServSock, NULL);
+    CancelForStop(server->hServSock, FALSE, &failures);
     for (i = 0; i < POOL_SIZE; i++) {
-        if (server->sessions[i].connected) {
-            shutdown(server->sessions[i].hClntSock, SD_BOTH);
-            CancelIoEx((HANDLE)server->sessions[i].hClntSock, NULL);
-        } else if (server->sessions[i].disconnecting) {
-            CancelIoEx((HANDLE)server->sessions[i].hClntSock, NULL);
-        }
+        if (server->sessions[i].connected)
+            CancelForStop(server->sessions[i].hClntSock, TRUE, &failures);
+        else if (server->sessions[i].disconnecting)
+            CancelForStop(server->sessions[i].hClntSock, FALSE, &failures);
+    }
+    while (server->retryHead != NULL) {
+        server->retryHead = server->retryHead->nextRetry;
+        ParkSession(server);
     }
     LeaveCriticalSection(&server->lock);
-    if (WaitForSingleObject(server->hNoSessions, INFINITE) != WAIT_OBJECT_0)
-        ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+    if (failures.count != 0) { /* the bounded wait below names what they leave stuck */
+        ReportFailure(&failures.first);
+        if (failures.count > 1)
+            LogLine("Stopping: %d cancels failed in all", failures.count);
+    }
+    WaitForSessions(server);
 
     /* No I/O is outstanding: the port's queue holds nothing else. One sentinel per worker. */
     for (i = 0; i < server->numWorkers; i++)
@@ -800,14 +1081,19 @@ static void StopServer(SERVER *server)
     free(server->sessions);
     CloseHandle(server->hComPort);
     CloseHandle(server->hNoSessions);
+    CloseHandle(server->hRetryEvent);
     DeleteCriticalSection(&server->lock);
 }
 
-/* An AcceptEx for every session of the pool; then the workers do everything and the main thread
- * waits for Ctrl+C. Returns once the server has stopped, with the last line. */
+/* An AcceptEx for every session of the pool, then "Listening on port N": the server accepts now
+ * (a session that could not post its AcceptEx yet is retried: the line promises no number). Then
+ * the workers do everything and the main thread waits for Ctrl+C, retrying those sessions.
+ * Returns once the server has stopped, with the last line. */
 static void ServeClients(SOCKET hServSock, BOOL useDisconnectEx)
 {
     SERVER server;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
     int i;
 
     StartServer(&server, hServSock, useDisconnectEx);
@@ -816,16 +1102,18 @@ static void ServeClients(SOCKET hServSock, BOOL useDisconnectEx)
     g_hStopEvent = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (g_hStopEvent == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());
-    if (InterlockedCompareExchange(&g_state, SERVING, STARTING) == STARTING) {
-        if (WaitForSingleObject(g_hStopEvent, INFINITE) != WAIT_OBJECT_0)
-            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
-    }
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
+    if (InterlockedCompareExchange(&g_state, SERVING, STARTING) == STARTING)
+        WaitForStop(&server);
     CloseHandle(g_hStopEvent);
     StopServer(&server);
-    LogLine("Socket pool: %ld sockets created, %ld reuses", server.pool.numCreated,
-            server.pool.numReuses);
-    LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
-            server.numAccepted, server.numClosed, (long long)server.bytesEchoed);
+    LogLine("Socket pool: %lld sockets created, %lld reuses", (long long)server.pool.numCreated,
+            (long long)server.pool.numReuses);
+    LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
+            (long long)server.numAccepted, (long long)server.numClosed,
+            (long long)server.bytesEchoed);
 }
 
 int main(int argc, char *argv[])
