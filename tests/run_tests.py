@@ -69,7 +69,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ON_WINDOWS, STOP_LIMIT, EchoLoad, Fail, Server, Skip,  # noqa: E402
-                     Wineserver, connect,
+                     Wineserver, command, CHILD_ENV, connect,
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
@@ -786,6 +786,135 @@ def test_ctrl_c(t):
     return summary
 
 
+# ============================================================================ the client, once
+# The client is the same file in every stage (clients_identical), so these run once, against the
+# client of the first stage tested.
+def run_client_raw(exe, args, stdin, timeout):
+    """run_program without its CR LF -> LF: (exit code, stdout, stderr) exactly as written."""
+    proc = subprocess.Popen(command(exe, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=CHILD_ENV)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise Fail("the client did not end within %.0f s (stdout so far: %d bytes, ends %r)"
+                   % (timeout, len(out), out[-80:]))
+    return proc.returncode, out, err
+
+
+class SmallBufferEchoServer:
+    """A one-connection Python echo server with 4 KiB socket buffers that reads one buffer, sends
+    it back whole, and only then reads again: the least buffering a path can have. Keeps every
+    byte it received in self.received."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # before listen: the accepted
+            self.listener.setsockopt(socket.SOL_SOCKET, option, 4096)  # socket inherits them
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(30)
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms waits
+                while True:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    self.received += data
+                    conn.sendall(data)
+        except OSError as err:
+            self.error = err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(35)
+        self.listener.close()
+
+
+def test_client_long_line(t):
+    """A 4 MiB line through the client, against SmallBufferEchoServer: it ends within 20 s with
+    the line echoed exactly, and the server got exactly the line (1.1 s measured under Wine).
+    The client before issue 13 sent the whole line before reading any echo: here it hung in
+    send() (measured 2026-11-28 under Wine: 'the client did not end within 20 s', stdout only
+    its first prompt), because the echo filled the client's receive buffer, the server blocked
+    sending it, stopped reading, and the client's send had nowhere to go. (Random bytes but LF,
+    CR and 0x1A: the old client's text-mode stdin would end the line early there; client_bytes
+    tests every byte.)"""
+    line = bytes(b for b in random_bytes(4 * MiB + 50000, 77)
+                 if b not in (0x0A, 0x0D, 0x1A))[:4 * MiB] + b"\n"
+    started = time.monotonic()
+    with SmallBufferEchoServer() as server:
+        code, out, err = run_client_raw(t.client_exe, ["127.0.0.1", server.port],
+                                        line + b"Q\n", 20)
+    seconds = time.monotonic() - started
+    if server.error:
+        raise Fail("the echo server: %s" % server.error)
+    expected = (PROMPT + ECHOED).encode() + line + PROMPT.encode()
+    if code != 0:
+        raise Fail("exit code %s, not 0 (stderr %r)" % (code, err[-200:]))
+    if out != expected:
+        raise Fail("stdout is not prompt, echo, prompt: %s" % describe_mismatch(expected, out))
+    if bytes(server.received) != line:
+        raise Fail("the server received %d bytes, not the %d of the line"
+                   % (len(server.received), len(line)))
+    return "4 MiB line echoed exactly in %.1f s" % seconds
+
+
+def test_client_bytes(t):
+    """Piped input goes through byte for byte: a line holding every byte value but LF (0x00,
+    0x1A, CR...), a line ending in CR LF, then Q CR LF, which ends the client (the line after it
+    is never sent). The client before issue 13 read stdin in text mode: 0x1A ended its input
+    and CR LF became LF."""
+    every = bytes(b for b in range(256) if b != 0x0A) * 3
+    lines = [every + b"\n", b"a line from Windows\r\n", b"\r\n"]
+    with SmallBufferEchoServer() as server:
+        code, out, err = run_client_raw(t.client_exe, ["127.0.0.1", server.port],
+                                        b"".join(lines) + b"Q\r\nnot sent\n", 30)
+    if server.error:
+        raise Fail("the echo server: %s" % server.error)
+    if code != 0:
+        raise Fail("exit code %s, not 0 (stderr %r)" % (code, err[-200:]))
+    expected = b"".join((PROMPT + ECHOED).encode() + line for line in lines) + PROMPT.encode()
+    if out != expected:
+        raise Fail("stdout is not the lines byte for byte: %s"
+                   % first_difference(expected.decode("latin-1"), out.decode("latin-1")))
+    if bytes(server.received) != b"".join(lines):
+        raise Fail("the server received %r..., not exactly the lines before Q"
+                   % bytes(server.received[-40:]))
+    return "%d lines, every byte value, CR LF kept, Q CR LF quits" % len(lines)
+
+
+def test_client_args(t):
+    """A port that is not 1..65535 in digits: the usage line, exit 1, as the server does. Before
+    issue 13, 'abc' gave 'getaddrinfo() failed: error 10109' and '70000' wrapped to 4464."""
+    for port in ("abc", "70000", "0", "+80", ""):
+        code, _, err = run_program(t.client_exe, ["127.0.0.1", port], b"hello\n", 20)
+        if code != 1 or b"usage" not in err.lower():
+            raise Fail("port %r: exit code %s, stderr %r (want 1 and a usage line)"
+                       % (port, code, err[-200:]))
+    return "5 bad ports: usage, exit 1"
+
+
+CLIENT_TESTS = [
+    ("client_long_line", test_client_long_line),
+    ("client_bytes", test_client_bytes),
+    ("client_args", test_client_args),
+]
+
+
 # ============================================================================ the stages
 class Stage:
     """What a stage promises. limit: clients served at once (None: one at a time, by design);
@@ -979,6 +1108,11 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_clients_identical, STAGES)
             results.report(verdict, "clients_identical", time.monotonic() - t0, detail)
+        for name, function in CLIENT_TESTS:  # once: the client is the same in every stage
+            if selected(name, args.k):
+                t0 = time.monotonic()
+                verdict, detail = run_guarded(function, Context(stages[0], args.exe_dir, False))
+                results.report(verdict, name, time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
         if selected("bench_smoke", args.k) and args.exe_dir == REPO:
