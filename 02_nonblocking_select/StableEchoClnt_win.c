@@ -79,10 +79,11 @@ static void CheckPort(const char *program, const char *port)
     size_t i, len = strlen(port);
     long value = 0;
 
-    for (i = 0; i < len && i < 6; i++) {
+    for (i = 0; i < len; i++) {
         if (port[i] < '0' || port[i] > '9')
             break;
-        value = value * 10 + (port[i] - '0');
+        if (value <= 65535) /* past it, it is too big already: stop growing */
+            value = value * 10 + (port[i] - '0');
     }
     if (len == 0 || i != len || value < 1 || value > 65535) {
         fprintf(stderr, "Usage: %s <IP> <port>   (port 1 to 65535)\n", program);
