@@ -69,13 +69,18 @@ static unsigned short ParsePort(int argc, char *argv[])
     return (unsigned short)port;
 }
 
-/* Ctrl+C / Ctrl+Break: nothing here needs saving, so return FALSE and let the default handler
- * end the process; Windows then closes every socket. (05-07 stop gracefully instead.) */
+/* Ctrl+C / Ctrl+Break: nothing here needs saving, so the process ends at once; Windows then
+ * closes every socket. (05-07 stop gracefully instead.) A handler must never block (common/ says
+ * why): the Stopping line gets 500 ms, and EndProcessNow ends the process rather than "return
+ * FALSE", whose default handler can hang while another thread is stuck writing to stdout. */
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
-    if (ctrlType == CTRL_C_EVENT || ctrlType == CTRL_BREAK_EVENT)
-        LogLine("Stopping");
-    return FALSE;
+    if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
+        return FALSE;
+    EndAtSecondCtrlC();
+    LogLineWithin(500, "Stopping");
+    EndProcessNow();
+    return TRUE; /* not reached */
 }
 
 /* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
@@ -84,6 +89,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     SOCKET hServSock;
     SOCKADDR_IN servAdr;
     int adrSz = sizeof(servAdr);
+    BOOL exclusive = TRUE;
     u_long nonBlocking = 1;
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
@@ -100,6 +106,11 @@ static SOCKET OpenListenSocket(unsigned short port)
     servAdr.sin_family = AF_INET;
     servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
     servAdr.sin_port = htons(port);
+    /* Before bind: no other socket may bind this port while we hold it, not even one that asks
+       with SO_REUSEADDR (Windows would let it, and hand it some of our clients). */
+    if (setsockopt(hServSock, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&exclusive,
+                   sizeof(exclusive)) == SOCKET_ERROR)
+        ErrorHandling("setsockopt(SO_EXCLUSIVEADDRUSE)");
     if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
         ErrorHandling("bind()");
     /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
@@ -355,6 +366,7 @@ int main(int argc, char *argv[])
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
     if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
         ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+    QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
     ServeClients(hServSock);

@@ -9,6 +9,16 @@
  * than is left, and never checks send(). Here every call is checked, recv asks only for what is
  * still missing, and a line may be any length and hold any byte.
  *
+ * A long line goes out in chunks of CHUNK_SIZE bytes, and each chunk's echo is received before the
+ * next chunk is sent. Sending the whole line first deadlocks once the line is longer than all the
+ * buffering between client and server: the server blocks sending its echo back to a client that
+ * is not reading, stops reading, and the client blocks in send() for ever.
+ *
+ * Input and output: when stdin or stdout is not a console (a pipe, a file), it is switched to
+ * binary mode, so every byte goes through as it is; in text mode the C library would end the
+ * input at a 0x1A byte and turn CR LF into LF. At a console, the console's line editing applies
+ * (Enter ends a line, Ctrl+Z then Enter ends the input).
+ *
  * The same client is used, unchanged, by every stage of the tutorial.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o StableEchoClnt_win.exe StableEchoClnt_win.c -lws2_32
@@ -21,9 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
+#include <io.h>
+#include <fcntl.h>
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
+#define CHUNK_SIZE 8192 /* bytes sent before their echo is read: far below any path's buffering */
 
 /* Reads one line from stdin, its '\n' included, into *line (grown as needed).
  * Returns the line's length, 0 at the end of input. Binary-safe: no str* function. */
@@ -49,12 +62,42 @@ static size_t ReadLine(char **line, size_t *capacity)
     return len;
 }
 
-/* "Q" or "q", alone on its line. */
+/* "Q" or "q", alone on its line (LF or CR LF: binary input keeps the CR). */
 static BOOL IsQuit(const char *line, size_t len)
 {
-    if (len == 2 && line[1] == '\n')
-        len = 1;
+    if (len > 0 && line[len - 1] == '\n')
+        len--;
+    if (len > 0 && line[len - 1] == '\r')
+        len--;
     return len == 1 && (line[0] == 'Q' || line[0] == 'q');
+}
+
+/* Reads the port argument: 1 to 65535, digits only; anything else prints the usage and exits 1.
+ * (Passed on unchecked, "abc" fails in getaddrinfo with 10109 and "70000" wraps to 4464.) */
+static void CheckPort(const char *program, const char *port)
+{
+    size_t i, len = strlen(port);
+    long value = 0;
+
+    for (i = 0; i < len; i++) {
+        if (port[i] < '0' || port[i] > '9')
+            break;
+        if (value <= 65535) /* past it, it is too big already: stop growing */
+            value = value * 10 + (port[i] - '0');
+    }
+    if (len == 0 || i != len || value < 1 || value > 65535) {
+        fprintf(stderr, "Usage: %s <IP> <port>   (port 1 to 65535)\n", program);
+        exit(1);
+    }
+}
+
+/* Binary mode for a stdin or stdout that is not a console (see the header comment). */
+static void KeepEveryByte(void)
+{
+    if (!_isatty(_fileno(stdin)) && _setmode(_fileno(stdin), _O_BINARY) == -1)
+        perror("_setmode(stdin)");
+    if (!_isatty(_fileno(stdout)) && _setmode(_fileno(stdout), _O_BINARY) == -1)
+        perror("_setmode(stdout)");
 }
 
 /* Connects to ip:port (a name such as "localhost" works too); exits 1 with the reason if it can't. */
@@ -117,6 +160,21 @@ static void RecvExactly(SOCKET hSocket, char *buf, size_t len)
     }
 }
 
+/* Sends the line chunk by chunk, receiving each chunk's echo (into the same place) before the next
+ * chunk goes out: at most CHUNK_SIZE bytes are ever on their way, so neither side can block for
+ * good, whatever the line's length (see the header comment). */
+static void EchoLine(SOCKET hSocket, char *line, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        size_t chunk = len - done < CHUNK_SIZE ? len - done : CHUNK_SIZE;
+        SendAll(hSocket, line + done, chunk);
+        RecvExactly(hSocket, line + done, chunk);
+        done += chunk;
+    }
+}
+
 int main(int argc, char *argv[])
 {
     WSADATA wsaData;
@@ -126,9 +184,11 @@ int main(int argc, char *argv[])
     int err;
 
     if (argc != 3) {
-        fprintf(stderr, "Usage: %s <IP> <port>\n", argv[0]);
+        fprintf(stderr, "Usage: %s <IP> <port>   (port 1 to 65535)\n", argv[0]);
         exit(1);
     }
+    CheckPort(argv[0], argv[2]);
+    KeepEveryByte();
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
     if (err != 0)
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
@@ -147,8 +207,7 @@ int main(int argc, char *argv[])
         if (len == 0 || IsQuit(message, len))
             break;
 
-        SendAll(hSocket, message, len);
-        RecvExactly(hSocket, message, len);
+        EchoLine(hSocket, message, len);
 
         fputs("Message from server: ", stdout);
         fwrite(message, 1, len, stdout);

@@ -122,21 +122,23 @@ static BOOL WakeAccept(unsigned short port)
 
 /* Ctrl+C / Ctrl+Break, on a thread the system creates for it. It only starts the stop: it sets
  * g_stopping, wakes the main thread's accept(), and returns TRUE, so the process lives on while
- * the main thread stops the server (StopServer). If it cannot wake accept(), it returns FALSE:
- * the default handler then ends the process, the hard way. */
+ * the main thread stops the server (StopServer). If it cannot wake accept(), it ends the process
+ * the hard way (EndProcessNow); so does a second Ctrl+C. */
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
     BOOL woken = TRUE;
 
     if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
         return FALSE;
-    if (InterlockedExchange(&g_stopping, TRUE))
-        return TRUE; /* a second Ctrl+C: the stop is under way */
+    EndAtSecondCtrlC(); /* the stop is blocked or slow, and the user means it: now */
+    InterlockedExchange(&g_stopping, TRUE);
     AcquireSRWLockExclusive(&g_portLock);
     if (g_servPort != 0) /* 0: the main thread is not accepting (yet, or any more) */
         woken = WakeAccept(g_servPort);
     ReleaseSRWLockExclusive(&g_portLock);
-    return woken;
+    if (!woken)
+        EndProcessNow();
+    return TRUE;
 }
 
 /* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
@@ -145,6 +147,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     SOCKET hServSock;
     SOCKADDR_IN servAdr;
     int adrSz = sizeof(servAdr);
+    BOOL exclusive = TRUE;
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
        (socket() sets it as well; WSASocket says so explicitly.) */
@@ -157,6 +160,11 @@ static SOCKET OpenListenSocket(unsigned short port)
     servAdr.sin_family = AF_INET;
     servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
     servAdr.sin_port = htons(port);
+    /* Before bind: no other socket may bind this port while we hold it, not even one that asks
+       with SO_REUSEADDR (Windows would let it, and hand it some of our clients). */
+    if (setsockopt(hServSock, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&exclusive,
+                   sizeof(exclusive)) == SOCKET_ERROR)
+        ErrorHandling("setsockopt(SO_EXCLUSIVEADDRUSE)");
     if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
         ErrorHandling("bind()");
     /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
@@ -485,7 +493,8 @@ static void StopServer(SERVER *server)
     SESSION *session;
     DWORD i;
 
-    LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+    /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+    LogLine("Stopping (Ctrl+C again ends the process at once)");
 
     /* Cancel rather than closesocket: a worker may be using the session right now, and only the
        one who takes its count to 0 may close and free it (CancelForStop). */
@@ -553,6 +562,7 @@ int main(int argc, char *argv[])
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
     if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
         ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+    QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
     ServeClients(hServSock); /* returns after Ctrl+C, hServSock closed */

@@ -10,6 +10,10 @@
  *   ErrorHandlingCode("CreateThread()", e)  fatal: an explicit code (GetLastError(), a GQCS code...)
  *   ReportError("recv()", e)                not fatal: one connection failed; log it and go on
  *   LogLine("Connected client %s", peer)    one log line on stdout, written whole and at once
+ *   QuickEditOff()                          at start-up: a selection in the console cannot block us
+ *   EndAtSecondCtrlC()                      in a Ctrl+C handler: the second Ctrl+C ends the process
+ *   EndProcessNow()                         end at once, as Windows' Ctrl+C handler (CONTROL_C_EXIT)
+ *   LogLineWithin(500, "Stopping")          a log line a Ctrl+C handler may write: never blocks it
  *
  * An error line reads:  bind() failed: error 10048 (WSAEADDRINUSE): Only one usage of each socket...
  *
@@ -60,6 +64,7 @@ static const ERROR_INFO knownErrors[] = {
     {WSAEDISCON, "WSAEDISCON", "The remote party has initiated a graceful shutdown sequence."},
     {WSA_IO_PENDING, "WSA_IO_PENDING", "Overlapped I/O operation is in progress."},
     {WSAHOST_NOT_FOUND, "WSAHOST_NOT_FOUND", "No such host is known."},
+    {WSATYPE_NOT_FOUND, "WSATYPE_NOT_FOUND", "The specified class was not found."},
 };
 
 static inline const ERROR_INFO *FindKnownError(DWORD code)
@@ -97,7 +102,14 @@ static inline void WriteLine(FILE *stream, const char *line)
     fflush(stream);
 }
 
-/* One log line on stdout: printf's format and arguments, the newline added here. */
+/* One log line on stdout: printf's format and arguments, the newline added here. With gcc the
+ * attribute makes -Wformat check every call's arguments against its format, as for printf. (MinGW's
+ * __MINGW_PRINTF_FORMAT names the printf it uses: with -std=c11 its own, which knows %lld and %zu.) */
+#if defined(__MINGW_PRINTF_FORMAT)
+__attribute__((format(__MINGW_PRINTF_FORMAT, 1, 2)))
+#elif defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
 static inline void LogLine(const char *format, ...)
 {
     char line[1024];
@@ -142,6 +154,86 @@ static inline void ErrorHandlingCode(const char *funcName, DWORD code)
 static inline void ErrorHandling(const char *funcName)
 {
     ErrorHandlingCode(funcName, (DWORD)WSAGetLastError());
+}
+
+/* ---- The console ---------------------------------------------------------------------------
+ * QuickEdit, the console's default since Windows 10, lets the mouse select text; while a selection
+ * is shown, the console holds every write to it, so a server thread that logs stops right there
+ * (and with it every thread waiting for a lock that thread holds). A server wants no such pause:
+ * QuickEditOff turns it off for the console the process runs in, if it has one, and puts the
+ * user's setting back when the process ends (the mode belongs to the console, not to us). */
+static HANDLE quickEditConsole = INVALID_HANDLE_VALUE;
+static DWORD quickEditSavedMode;
+
+static inline void QuickEditRestore(void)
+{
+    if (quickEditConsole == INVALID_HANDLE_VALUE)
+        return;
+    /* ENABLE_EXTENDED_FLAGS: without it SetConsoleMode leaves QuickEdit as it is. */
+    SetConsoleMode(quickEditConsole, quickEditSavedMode | ENABLE_EXTENDED_FLAGS);
+    CloseHandle(quickEditConsole);
+    quickEditConsole = INVALID_HANDLE_VALUE;
+}
+
+static inline void QuickEditOff(void)
+{
+    DWORD mode;
+    /* CONIN$ is the console's input, even when stdin is redirected; no console: it fails. */
+    HANDLE hConsole = CreateFileW(L"CONIN$", GENERIC_READ | GENERIC_WRITE,
+                                  FILE_SHARE_READ | FILE_SHARE_WRITE, NULL, OPEN_EXISTING, 0, NULL);
+
+    if (hConsole == INVALID_HANDLE_VALUE)
+        return;
+    if (!GetConsoleMode(hConsole, &mode) || !(mode & ENABLE_QUICK_EDIT_MODE) ||
+        !SetConsoleMode(hConsole, (mode & ~(DWORD)ENABLE_QUICK_EDIT_MODE) | ENABLE_EXTENDED_FLAGS)) {
+        CloseHandle(hConsole); /* nothing to turn off, or it cannot be: the server runs anyway */
+        return;
+    }
+    quickEditConsole = hConsole;
+    quickEditSavedMode = mode;
+    atexit(QuickEditRestore); /* return from main, exit(); EndProcessNow restores it itself */
+}
+
+/* A Ctrl+C handler runs on a thread the system creates for each Ctrl+C, and must not block:
+ * Wine calls the handlers under a lock, so while one is blocked (writing to a pipe nobody reads,
+ * say) no later Ctrl+C reaches any handler (measured). */
+
+/* Ends the process now, with the exit code of Windows' own Ctrl+C handler (CONTROL_C_EXIT).
+ * TerminateProcess, not ExitProcess (which that handler calls): ExitProcess takes the C
+ * library's locks on its way out, and never returns while another thread is blocked writing to
+ * stdout (measured under Wine). Every line was flushed when it was written. */
+static inline void EndProcessNow(void)
+{
+    QuickEditRestore();
+    TerminateProcess(GetCurrentProcess(), CONTROL_C_EXIT);
+}
+
+/* In a Ctrl+C handler, first: the first Ctrl+C returns (and starts the stop), the second ends the
+ * process at once, however the stop is going. */
+static volatile LONG ctrlCCount = 0;
+
+static inline void EndAtSecondCtrlC(void)
+{
+    if (InterlockedIncrement(&ctrlCCount) > 1)
+        EndProcessNow();
+}
+
+/* One log line from a thread of its own, waited for at most timeoutMs: for a Ctrl+C handler,
+ * which may not block in a write (see above). A line that cannot be written in time is lost. */
+static inline DWORD WINAPI LogLineThread(LPVOID line)
+{
+    LogLine("%s", (const char *)line);
+    return 0;
+}
+
+static inline void LogLineWithin(DWORD timeoutMs, const char *line)
+{
+    HANDLE hThread = CreateThread(NULL, 0, LogLineThread, (LPVOID)line, 0, NULL);
+
+    if (hThread == NULL)
+        return;
+    WaitForSingleObject(hThread, timeoutMs);
+    CloseHandle(hThread);
 }
 
 #endif /* ERROR_HANDLING_H */

@@ -2,8 +2,9 @@
 
     python3 tests/demo.py 01_blocking          (or: make -f Makefile.win demo STAGE=01_blocking)
 
-At a terminal you type the lines yourself (Q quits); with no terminal a few sample lines are sent.
-The server's own log lines are shown prefixed with "server| ". On Linux both programs run in Wine.
+At a terminal you type the lines yourself (Q quits; Ctrl+C stops the demo too); with no terminal a
+few sample lines are sent. The server's own log lines are shown prefixed with "server| ". On Linux
+both programs run in Wine.
 """
 import os
 import signal
@@ -19,11 +20,14 @@ def launcher():
 
 
 def start_server(stage):
-    """Starts the server on a free port; returns (process, port) once it listens."""
+    """Starts the server on a free port; returns (process, port) once it listens. The server is
+    kept out of the terminal's Ctrl+C (its own process group; on Linux its own session): a Ctrl+C
+    at the terminal reaches the client and this script, which then stops the server itself."""
     flags = subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0
     server = subprocess.Popen(launcher() + [os.path.join(stage, "EchoServ_win.exe"), "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, creationflags=flags)
+                              stdin=subprocess.DEVNULL, creationflags=flags,
+                              start_new_session=os.name != "nt")
     listening = threading.Event()
     port = []
 
@@ -36,7 +40,8 @@ def start_server(stage):
                 listening.set()
         listening.set()  # the server ended: stop waiting
 
-    threading.Thread(target=show_log, daemon=True).start()
+    server.log_thread = threading.Thread(target=show_log, daemon=True)
+    server.log_thread.start()
     if not listening.wait(60) or not port:
         server.kill()
         sys.exit("The server did not start listening (see its output above).")
@@ -44,13 +49,21 @@ def start_server(stage):
 
 
 def stop_server(server):
-    """Ctrl+C, as a user would press it; Ctrl+Break on Windows (a child in its own group)."""
-    server.send_signal(signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT)
+    """Ctrl+C, as a user would press it; Ctrl+Break on Windows (a child in its own group). A Ctrl+C
+    pressed meanwhile is passed on to the server (a second one ends it at once)."""
+    def interrupt(*_):
+        server.send_signal(signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
+        interrupt()
         server.wait(10)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    server.log_thread.join(5)  # every line the server printed, its last one included
 
 
 def main():
@@ -66,6 +79,9 @@ def main():
         else:
             code = subprocess.run(client, input=SAMPLE_INPUT).returncode
         print("\nclient exited with code %d; stopping the server with Ctrl+C" % code, flush=True)
+    except KeyboardInterrupt:  # Ctrl+C at the terminal: it has ended the client as well
+        code = 0
+        print("\nCtrl+C: stopping the server", flush=True)
     finally:
         stop_server(server)
     sys.exit(code)

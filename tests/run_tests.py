@@ -80,14 +80,15 @@ import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ON_WINDOWS, STOP_LIMIT, ClientCount, EchoLoad, Fail, Server,  # noqa: E402
-                     Skip, Wineserver, connect,
+from harness import (ON_WINDOWS, STOP_LIMIT, CHILD_ENV, ClientCount, EchoLoad, Fail,  # noqa: E402
+                     Server, Skip, Wineserver, command, connect,
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
@@ -1147,6 +1148,222 @@ def test_stalled_stderr(t):
     if not any("failed: error" in line for line in srv.output("stderr")):
         raise Fail("the shortage made no failure line: the test proved nothing")
     return "20 clients echoed while a thread was stuck writing to stderr"
+# ============================================================================ Ctrl+C twice
+CONTROL_C_EXIT = 0xC000013A  # what Windows' own Ctrl+C handler exits with; Wine: its low byte
+
+
+class UnreadStdoutServer(Server):
+    """A Server whose stdout is read up to its 'Listening on port N' line and then not at all, in
+    a pipe made small (4 KiB, Linux), so that a few dozen log lines fill it and the server's next
+    write to stdout blocks, as on a console with a selection in QuickEdit mode. stderr is read."""
+
+    def _drain(self, stream, pipe):
+        if stream == "stdout":
+            self.stdout_fd = pipe.fileno()
+            if not ON_WINDOWS:
+                import fcntl
+                fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+            raw = pipe.readline()  # the Listening line; nothing more is read
+            with self.cond:
+                self.lines.append((stream, raw.decode("utf-8", "replace").rstrip("\r\n")))
+                self.cond.notify_all()
+            return
+        Server._drain(self, stream, pipe)
+
+
+def pipe_is_full(fd):
+    """Linux: fewer than 40 bytes (a log line) free in the 4 KiB pipe. Windows: not known."""
+    if ON_WINDOWS:
+        return True
+    import fcntl
+    import termios
+    waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return waiting > 4096 - 40
+
+
+def stall_stdout(srv, bound=20.0):
+    """Connects, echoes and closes clients until the pipe is full and a client then gets no echo
+    within 0.5 s: the server is blocked writing a log line. Returns the number of clients."""
+    deadline = time.monotonic() + bound
+    for served in range(2000):
+        if time.monotonic() > deadline:
+            break
+        full = pipe_is_full(srv.stdout_fd)
+        try:
+            with connect(srv.port, timeout=2) as sock:
+                sock.sendall(b"x\n")
+                sock.settimeout(0.5)
+                echoed = sock.recv(2) == b"x\n"
+        except (socket.timeout, OSError):
+            echoed = False
+        if full and not echoed:
+            return served
+    raise Fail("no stall after %d clients in %.0f s: the server's stdout never filled"
+               % (served, bound))
+
+
+def test_ctrl_c_twice(t):
+    """Ctrl+C, then Ctrl+C again 0.3 s later, while the first stop is stuck (the server's stdout
+    is a full pipe nobody reads, so its next log line blocks): the process ends within 1 s of
+    the second, with exit code CONTROL_C_EXIT. Before issue 13 every stage hung there for good:
+    01-04 in their handler writing 'Stopping', 05-07 in the stop's log lines with the second
+    Ctrl+C swallowed (measured 2026-11-28 under Wine: all seven 'still running')."""
+    srv = UnreadStdoutServer(t.server_exe, ["0"])
+    t.servers.append(srv)
+    srv.start()
+    served = stall_stdout(srv)
+    srv.interrupt()
+    try:
+        srv.proc.wait(0.3)
+    except subprocess.TimeoutExpired:
+        pass
+    if not srv.alive():
+        raise Fail("the first Ctrl+C ended it (code %s) although its stdout was blocked: the "
+                   "test proves nothing" % srv.proc.returncode)
+    srv.interrupt()
+    started = time.monotonic()
+    try:
+        srv.proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        raise Fail("still running 1 s after the second Ctrl+C (stdout blocked after %d clients)"
+                   % served)
+    seconds = time.monotonic() - started
+    want = CONTROL_C_EXIT if ON_WINDOWS else CONTROL_C_EXIT & 0xFF
+    if srv.proc.returncode != want:
+        raise Fail("exit code %s after the second Ctrl+C, not CONTROL_C_EXIT (%s)"
+                   % (srv.proc.returncode, want))
+    return "stdout blocked after %d clients; ended %.2f s after the second Ctrl+C" % (
+        served, seconds)
+
+
+# ============================================================================ the client, once
+# The client is the same file in every stage (clients_identical), so these run once, against the
+# client of the first stage tested.
+def run_client_raw(exe, args, stdin, timeout):
+    """run_program without its CR LF -> LF: (exit code, stdout, stderr) exactly as written."""
+    proc = subprocess.Popen(command(exe, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=CHILD_ENV)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise Fail("the client did not end within %.0f s (stdout so far: %d bytes, ends %r)"
+                   % (timeout, len(out), out[-80:]))
+    return proc.returncode, out, err
+
+
+class SmallBufferEchoServer:
+    """A one-connection Python echo server with 4 KiB socket buffers that reads one buffer, sends
+    it back whole, and only then reads again: the least buffering a path can have. Keeps every
+    byte it received in self.received."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # before listen: the accepted
+            self.listener.setsockopt(socket.SOL_SOCKET, option, 4096)  # socket inherits them
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(30)
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms waits
+                while True:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    self.received += data
+                    conn.sendall(data)
+        except OSError as err:
+            self.error = err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(35)
+        self.listener.close()
+
+
+def test_client_long_line(t):
+    """A 4 MiB line through the client, against SmallBufferEchoServer: it ends within 20 s with
+    the line echoed exactly, and the server got exactly the line (measured under Wine: 1.1 s on
+    an idle machine, 8-12 s on one loaded by other jobs).
+    The client before issue 13 sent the whole line before reading any echo: here it hung in
+    send() (measured 2026-11-28 under Wine: 'the client did not end within 20 s', stdout only
+    its first prompt), because the echo filled the client's receive buffer, the server blocked
+    sending it, stopped reading, and the client's send had nowhere to go. (Random bytes but LF,
+    CR and 0x1A: the old client's text-mode stdin would end the line early there; client_bytes
+    tests every byte.)"""
+    line = bytes(b for b in random_bytes(4 * MiB + 50000, 77)
+                 if b not in (0x0A, 0x0D, 0x1A))[:4 * MiB] + b"\n"
+    started = time.monotonic()
+    with SmallBufferEchoServer() as server:
+        code, out, err = run_client_raw(t.client_exe, ["127.0.0.1", server.port],
+                                        line + b"Q\n", 20)
+    seconds = time.monotonic() - started
+    if server.error:
+        raise Fail("the echo server: %s" % server.error)
+    expected = (PROMPT + ECHOED).encode() + line + PROMPT.encode()
+    if code != 0:
+        raise Fail("exit code %s, not 0 (stderr %r)" % (code, err[-200:]))
+    if out != expected:
+        raise Fail("stdout is not prompt, echo, prompt: %s" % describe_mismatch(expected, out))
+    if bytes(server.received) != line:
+        raise Fail("the server received %d bytes, not the %d of the line"
+                   % (len(server.received), len(line)))
+    return "4 MiB line echoed exactly in %.1f s" % seconds
+
+
+def test_client_bytes(t):
+    """Piped input goes through byte for byte: a line holding every byte value but LF (0x00,
+    0x1A, CR...), a line ending in CR LF, then Q CR LF, which ends the client (the line after it
+    is never sent). The client before issue 13 read stdin in text mode: 0x1A ended its input
+    and CR LF became LF."""
+    every = bytes(b for b in range(256) if b != 0x0A) * 3
+    lines = [every + b"\n", b"a line from Windows\r\n", b"\r\n"]
+    with SmallBufferEchoServer() as server:
+        code, out, err = run_client_raw(t.client_exe, ["127.0.0.1", server.port],
+                                        b"".join(lines) + b"Q\r\nnot sent\n", 30)
+    if server.error:
+        raise Fail("the echo server: %s" % server.error)
+    if code != 0:
+        raise Fail("exit code %s, not 0 (stderr %r)" % (code, err[-200:]))
+    expected = b"".join((PROMPT + ECHOED).encode() + line for line in lines) + PROMPT.encode()
+    if out != expected:
+        raise Fail("stdout is not the lines byte for byte: %s"
+                   % first_difference(expected.decode("latin-1"), out.decode("latin-1")))
+    if bytes(server.received) != b"".join(lines):
+        raise Fail("the server received %r..., not exactly the lines before Q"
+                   % bytes(server.received[-40:]))
+    return "%d lines, every byte value, CR LF kept, Q CR LF quits" % len(lines)
+
+
+def test_client_args(t):
+    """A port that is not 1..65535 in digits: the usage line, exit 1, as the server does. Before
+    issue 13, 'abc' gave 'getaddrinfo() failed: error 10109' and '70000' wrapped to 4464."""
+    for port in ("abc", "70000", "+80"):
+        code, _, err = run_program(t.client_exe, ["127.0.0.1", port], b"hello\n", 20)
+        if code != 1 or b"usage" not in err.lower():
+            raise Fail("port %r: exit code %s, stderr %r (want 1 and a usage line)"
+                       % (port, code, err[-200:]))
+    return "3 bad ports: usage, exit 1"
+
+
+CLIENT_TESTS = [
+    ("client_long_line", test_client_long_line),
+    ("client_bytes", test_client_bytes),
+    ("client_args", test_client_args),
+]
 
 
 # ============================================================================ the stages
@@ -1255,6 +1472,9 @@ TESTS = [
     ("unread_stdout", test_unread_stdout, lambda s: s.graceful),
     ("stalled_stderr", test_stalled_stderr,
      lambda s: (s.pooled_sessions > 0 and not s.socket_pool) or False),
+    ("ctrl_c_twice", test_ctrl_c_twice,
+     lambda s: "a Windows console's second Ctrl+C (the appendix stops on its first SIGINT)"
+     if s.native else True),
 ] + [("experiment_" + exp.name, test_experiment(exp), lambda s, exp=exp: s.name == exp.stage)
      for exp in experiments.EXPERIMENTS]
 
@@ -1344,7 +1564,8 @@ def run_stage(stage, exe_dir, args, results):
 
 # PASS lines of these tests carry their figures even without -v.
 SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_transmitfile_churn, test_slow_reader,
-                test_over_limit, test_fd_shortage, test_unread_stdout}
+                test_over_limit, test_fd_shortage, test_unread_stdout,
+                test_ctrl_c_twice}
 SHOW_FIGURES.update(function for name, function, _ in TESTS if name.startswith("experiment_"))
 
 
@@ -1399,6 +1620,8 @@ def main():
     results = Results()
     # the smoke runs use the last Wine stage given (the appendix when it is the only one)
     smoke_stage = ([s for s in stages if not s.native] or stages)[-1].name
+    # the client tests drive the stages' Windows client (the appendix's native one is simpler)
+    client_stage = ([s for s in stages if not s.native] or [None])[0]
     try:
         if selected("clients_identical", args.k):
             t0 = time.monotonic()
@@ -1420,6 +1643,11 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_experiment_budgets, STAGES)
             results.report(verdict, "experiment_budgets", time.monotonic() - t0, detail)
+        for name, function in CLIENT_TESTS:  # once: the client is the same in every stage
+            if selected(name, args.k) and client_stage is not None:
+                t0 = time.monotonic()
+                verdict, detail = run_guarded(function, Context(client_stage, args.exe_dir, False))
+                results.report(verdict, name, time.monotonic() - t0, detail)
         for stage in stages:
             run_stage(stage, args.exe_dir, args, results)
         if selected("client_count", args.k) and args.exe_dir == REPO and \

@@ -172,13 +172,14 @@ static unsigned short ParsePort(int argc, char *argv[], BOOL *useDisconnectEx)
 
 /* Ctrl+C / Ctrl+Break, on a thread the system creates for it. It only starts the stop: it sets
  * the event the main thread waits for, and returns TRUE, so the process lives on while the main
- * thread stops the server (StopServer). */
+ * thread stops the server (StopServer). A second Ctrl+C ends the process at once. */
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
     LONG before;
 
     if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
         return FALSE;
+    EndAtSecondCtrlC(); /* the stop is blocked or slow, and the user means it: now */
     before = InterlockedExchange(&g_state, STOPPING);
     if (before == SERVING)
         SetEvent(g_hStopEvent);
@@ -191,6 +192,7 @@ static SOCKET OpenListenSocket(unsigned short port)
 {
     SOCKET hServSock;
     SOCKADDR_IN servAdr;
+    BOOL exclusive = TRUE;
 
     /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
@@ -201,6 +203,11 @@ static SOCKET OpenListenSocket(unsigned short port)
     servAdr.sin_family = AF_INET;
     servAdr.sin_addr.s_addr = htonl(INADDR_ANY);
     servAdr.sin_port = htons(port);
+    /* Before bind: no other socket may bind this port while we hold it, not even one that asks
+       with SO_REUSEADDR (Windows would let it, and hand it some of our clients). */
+    if (setsockopt(hServSock, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&exclusive,
+                   sizeof(exclusive)) == SOCKET_ERROR)
+        ErrorHandling("setsockopt(SO_EXCLUSIVEADDRUSE)");
     if (bind(hServSock, (SOCKADDR *)&servAdr, sizeof(servAdr)) == SOCKET_ERROR)
         ErrorHandling("bind()");
     /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
@@ -1036,7 +1043,8 @@ static void StopServer(SERVER *server)
     STOP_FAILURES failures = {{NULL, 0}, 0};
     DWORD i;
 
-    LogLine("Stopping"); /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+    /* here, not in CtrlHandler: then it can never follow the Shutdown line */
+    LogLine("Stopping (Ctrl+C again ends the process at once)");
 
     /* Under the lock PostAccept holds: no AcceptEx is posted after this, and CancelIoEx on the
        listening socket ends the pending ones (995). The listening socket is closed only at the
@@ -1129,6 +1137,7 @@ int main(int argc, char *argv[])
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
     if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
         ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
+    QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
     ServeClients(hServSock, useDisconnectEx); /* StopServer has closed hServSock */
