@@ -184,7 +184,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     /* WSA_FLAG_OVERLAPPED: AcceptEx is overlapped I/O on the listening socket. */
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
-        ErrorHandling("WSASocket()");
+        ErrorHandling("WSASocketW()");
 
     memset(&servAdr, 0, sizeof(servAdr));
     servAdr.sin_family = AF_INET;
@@ -222,7 +222,7 @@ static SOCKET CreatePoolSocket(SOCKET_POOL *pool, const char **failedCall)
     int err;
 
     if (hSock == INVALID_SOCKET) {
-        *failedCall = "WSASocket()"; /* 10024 or 10055: out of sockets or buffers, for now */
+        *failedCall = "WSASocketW()"; /* 10024 or 10055: out of sockets or buffers, for now */
         return INVALID_SOCKET;
     }
     if (CreateIoCompletionPort((HANDLE)hSock, pool->hComPort, 0, 0) == NULL) {

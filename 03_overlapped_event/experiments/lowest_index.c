@@ -106,7 +106,7 @@ static SOCKET OpenListenSocket(unsigned short port)
        (socket() sets it as well; WSASocket says so explicitly.) */
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
-        ErrorHandling("WSASocket()");
+        ErrorHandling("WSASocketW()");
     /* accept() now returns at once (WSAEWOULDBLOCK when nobody waits), and the sockets it
        returns inherit the non-blocking mode. */
     if (ioctlsocket(hServSock, FIONBIO, &nonBlocking) == SOCKET_ERROR)

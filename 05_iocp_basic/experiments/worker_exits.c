@@ -168,7 +168,7 @@ static SOCKET OpenListenSocket(unsigned short port)
        (socket() sets it as well; WSASocket says so explicitly.) */
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
-        ErrorHandling("WSASocket()");
+        ErrorHandling("WSASocketW()");
     /* Left blocking, unlike the notes' loop: the main thread does nothing but wait in accept(). */
 
     memset(&servAdr, 0, sizeof(servAdr));

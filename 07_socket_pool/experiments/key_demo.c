@@ -166,9 +166,9 @@ int main(void)
     Load(hListen, transmitFileId, &pfnTransmitFile, sizeof(pfnTransmitFile));
 
     /* 1. session A */
-    hSock = WSASocket(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    hSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hSock == INVALID_SOCKET)
-        ErrorHandling("WSASocket()");
+        ErrorHandling("WSASocketW()");
     hClient = AcceptOne(hListen, hSock, port);
     if (CreateIoCompletionPort((HANDLE)hSock, hPort, (ULONG_PTR)&sessionA, 0) == NULL)
         ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
