@@ -658,12 +658,17 @@ class Wineserver:
     start. It is started with a linger time (-p5), not forever: once the last Wine program has
     ended it shuts down the prefix's system processes (services.exe, winedevice.exe...) and exits
     by itself, so stopping it is waiting for it. If one already runs for the prefix, ours exits at
-    once and we own none."""
+    once and we own none.
+    While the suite runs, one idle Wine program (`cmd`, reading a pipe we hold) keeps it busy:
+    measured 2026-11-28, a wineserver whose only programs are short-lived ones (a client with bad
+    arguments) exited as soon as such a program ended, before its linger time, so every later
+    program paid a cold start of 3-4 s. Closing the pipe at the stop ends `cmd` by itself."""
 
     LINGER_SECONDS = 5
 
     def __init__(self):
         self.proc = None
+        self.keeper = None
 
     def start(self):
         if ON_WINDOWS:
@@ -678,11 +683,22 @@ class Wineserver:
             proc.wait(1.0)  # exits at once when another one serves the prefix already
         except subprocess.TimeoutExpired:
             self.proc = proc  # still running: it is ours
+            self.keeper = subprocess.Popen(["wine", "cmd"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           env=CHILD_ENV)
 
     def stop(self):
         """Waits for our wineserver to exit on its own; only if it does not, ends it by PID."""
         if self.proc is None:
             return
+        if self.keeper is not None:
+            self.keeper.stdin.close()  # end of input: cmd exits
+            try:
+                self.keeper.wait(20)
+            except subprocess.TimeoutExpired:
+                self.keeper.kill()
+                self.keeper.wait(10)
+            self.keeper = None
         try:
             self.proc.wait(self.LINGER_SECONDS + 20)
         except subprocess.TimeoutExpired:
