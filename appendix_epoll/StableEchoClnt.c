@@ -7,6 +7,14 @@
  * after sending a line it calls recv() until exactly as many bytes as it sent are back, asking
  * only for what is still missing, and treats 0 (the server closed) and -1 as the end.
  *
+ * A long line goes out in chunks of CHUNK_SIZE bytes, and each chunk's echo is received before the
+ * next chunk is sent. Sending the whole line first deadlocks once the line is longer than all the
+ * buffering between client and server: the server blocks sending its echo back to a client that
+ * is not reading, stops reading, and the client blocks in send() for ever.
+ *
+ * Input and output: POSIX stdio is binary already (no text mode, no 0x1A, no CR LF -> LF), so
+ * the Windows client's KeepEveryByte has nothing to do here; "Q\r\n" still quits, as there.
+ *
  * Build: cc -std=c11 -pedantic -Wall -Wextra -Wvla -O2 -o StableEchoClnt StableEchoClnt.c
  * Run:   ./StableEchoClnt <IP> <port>
  */
@@ -23,6 +31,7 @@
 #include <unistd.h>
 
 #define BUF_SIZE 8192
+#define CHUNK_SIZE 8192 /* bytes sent before their echo is read: far below any path's buffering */
 
 /* A failure the client cannot go on after: the call, errno's text, exit code 1. */
 static void ErrorHandlingCode(const char *funcName, int code, const char *text)
@@ -61,12 +70,33 @@ static size_t ReadLine(char **line, size_t *capacity)
     return len;
 }
 
-/* "Q" or "q", alone on its line. */
+/* "Q" or "q", alone on its line (LF or CR LF: binary input keeps the CR). */
 static bool IsQuit(const char *line, size_t len)
 {
-    if (len == 2 && line[1] == '\n')
-        len = 1;
+    if (len > 0 && line[len - 1] == '\n')
+        len--;
+    if (len > 0 && line[len - 1] == '\r')
+        len--;
     return len == 1 && (line[0] == 'Q' || line[0] == 'q');
+}
+
+/* Reads the port argument: 1 to 65535, digits only; anything else prints the usage and exits 1.
+ * (Passed on unchecked, "abc" fails in getaddrinfo with "Servname not supported".) */
+static void CheckPort(const char *program, const char *port)
+{
+    size_t i, len = strlen(port);
+    long value = 0;
+
+    for (i = 0; i < len; i++) {
+        if (port[i] < '0' || port[i] > '9')
+            break;
+        if (value <= 65535) /* past it, it is too big already: stop growing */
+            value = value * 10 + (port[i] - '0');
+    }
+    if (len == 0 || i != len || value < 1 || value > 65535) {
+        fprintf(stderr, "Usage: %s <IP> <port>   (port 1 to 65535)\n", program);
+        exit(1);
+    }
 }
 
 /* Connects to ip:port (a name such as "localhost" works too); exits 1 with the reason if it can't. */
@@ -133,6 +163,21 @@ static void RecvExactly(int hSocket, char *buf, size_t len)
     }
 }
 
+/* Sends the line chunk by chunk, receiving each chunk's echo (into the same place) before the next
+ * chunk goes out: at most CHUNK_SIZE bytes are ever on their way, so neither side can block for
+ * good, whatever the line's length (see the header comment). */
+static void EchoLine(int hSocket, char *line, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        size_t chunk = len - done < CHUNK_SIZE ? len - done : CHUNK_SIZE;
+        SendAll(hSocket, line + done, chunk);
+        RecvExactly(hSocket, line + done, chunk);
+        done += chunk;
+    }
+}
+
 int main(int argc, char *argv[])
 {
     int hSocket;
@@ -140,9 +185,10 @@ int main(int argc, char *argv[])
     char *message;
 
     if (argc != 3) {
-        fprintf(stderr, "Usage: %s <IP> <port>\n", argv[0]);
+        fprintf(stderr, "Usage: %s <IP> <port>   (port 1 to 65535)\n", argv[0]);
         exit(1);
     }
+    CheckPort(argv[0], argv[2]);
     message = malloc(capacity);
     if (message == NULL) {
         fprintf(stderr, "Out of memory\n");
@@ -158,8 +204,7 @@ int main(int argc, char *argv[])
         if (len == 0 || IsQuit(message, len))
             break;
 
-        SendAll(hSocket, message, len);
-        RecvExactly(hSocket, message, len);
+        EchoLine(hSocket, message, len);
 
         fputs("Message from server: ", stdout);
         fwrite(message, 1, len, stdout);
