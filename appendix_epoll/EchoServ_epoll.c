@@ -24,9 +24,10 @@
  *   - 1,000 clients; client 1,001 is accepted and closed at once, with a log line.
  *   - an accept() failure that would repeat (EMFILE: out of descriptors) pauses accepting for
  *     100 ms instead of spinning; the connection waits in the backlog meanwhile.
- *   - Ctrl+C (SIGINT, and SIGTERM) arrives as a readable descriptor (signalfd) in the same epoll
- *     set, so the loop sees it like any other event and stops gracefully: it closes every session
- *     and prints the stages' Shutdown line.
+ *   - Ctrl+C (SIGINT) and SIGTERM arrive as readable descriptors in the same epoll set (a pipe
+ *     written by SIGINT's handler; a signalfd), so the loop sees them like any other event and
+ *     stops gracefully: it closes every session and prints the stages' Shutdown line. A second
+ *     Ctrl+C ends the process at once, as in the stages, even if the loop is stuck (a full stdout).
  *   - send() with MSG_NOSIGNAL: a client gone away is an EPIPE error, not a SIGPIPE that kills us.
  *
  * Build: cc -std=c11 -pedantic -Wall -Wextra -Wvla -O2 -o EchoServ_epoll EchoServ_epoll.c
@@ -41,6 +42,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -56,6 +58,9 @@
 #define MAX_EVENTS 256        /* events taken per epoll_wait; more simply wait for the next turn */
 #define ROUNDS_PER_TURN 16    /* reads a session gets per turn before the others' turn comes */
 #define ACCEPTS_PER_TURN 64   /* the same for the listening socket */
+
+/* The write end of the Ctrl+C pipe: a global because a signal handler gets no parameter. */
+static volatile sig_atomic_t ctrlCWriteFd = -1;
 
 /* ---------------------------------------------------------------- errors and log lines
  * The Linux counterpart of common/ErrorHandling.h (a Windows header): the same line shapes, with
@@ -150,8 +155,8 @@ typedef struct SESSION {
 /* What the loop works with. epoll hands back the data.ptr each descriptor was registered with: a
  * SESSION, or the address of one of the two markers below. */
 typedef struct {
-    int hEpoll, hServSock, hSignal;
-    char listenerMark, signalMark;
+    int hEpoll, hServSock, hSignal, hCtrlC;
+    char listenerMark, signalMark, ctrlCMark;
     SESSION *sessions;                     /* every open session */
     int numSessions;
     SESSION *readyHead, *readyTail;        /* sessions that may still have work, oldest first */
@@ -184,15 +189,14 @@ static long long NowMs(void)
     return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
-/* SIGINT (Ctrl+C) and SIGTERM become a readable descriptor: blocked here, before anything else,
- * so that neither can end the process the default way, and read from the epoll loop instead. */
+/* SIGTERM becomes a readable descriptor: blocked here, before anything else, so that it cannot
+ * end the process the default way, and read from the epoll loop instead. */
 static int OpenSignalFd(void)
 {
     sigset_t mask;
     int hSignal;
 
     sigemptyset(&mask);
-    sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0)
         ErrorHandling("sigprocmask()");
@@ -200,6 +204,43 @@ static int OpenSignalFd(void)
     if (hSignal < 0)
         ErrorHandling("signalfd()");
     return hSignal;
+}
+
+/* The first Ctrl+C: one byte into the pipe, which the epoll loop reads as a stop request.
+ * SA_RESETHAND has put SIGINT back to its default action on the way in, so the second Ctrl+C
+ * ends the process at once. write() is async-signal-safe; errno is kept for the code we broke in. */
+static void OnCtrlC(int signo)
+{
+    int savedErrno = errno;
+    char byte = 'C';
+
+    (void)signo;
+    if (write(ctrlCWriteFd, &byte, 1) < 0) {
+        /* the pipe is full: a stop request is in it already */
+    }
+    errno = savedErrno;
+}
+
+/* SIGINT (Ctrl+C) gets a handler, not the signalfd: a blocked SIGINT is only seen when the loop
+ * reads it, and a second one while the first still waits merges with it, so a loop stuck in a
+ * write to a full stdout could never count two. A handler runs whatever the loop is doing.
+ * SA_RESTART: the write it interrupted goes on afterwards, instead of failing with EINTR.
+ * Returns the pipe's read end, for the epoll set. */
+static int OpenCtrlCPipe(void)
+{
+    int fds[2];
+    struct sigaction action;
+
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) /* the handler must never block */
+        ErrorHandling("pipe2()");
+    ctrlCWriteFd = fds[1];
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = OnCtrlC;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND | SA_RESTART;
+    if (sigaction(SIGINT, &action, NULL) != 0)
+        ErrorHandling("sigaction()");
+    return fds[0];
 }
 
 /* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
@@ -469,12 +510,21 @@ static int WaitTimeoutMs(const SERVER *server)
     return -1;
 }
 
-/* SIGINT or SIGTERM has come: read it, so the descriptor is drained too, and stop. */
+/* SIGTERM has come: read it, so the descriptor is drained too, and stop. */
 static void OnSignal(SERVER *server)
 {
     struct signalfd_siginfo info;
 
     while (read(server->hSignal, &info, sizeof(info)) == (ssize_t)sizeof(info))
+        server->stopping = true;
+}
+
+/* Ctrl+C has come (its handler wrote to the pipe): drain the pipe, and stop. */
+static void OnCtrlCPipe(SERVER *server)
+{
+    char bytes[16];
+
+    while (read(server->hCtrlC, bytes, sizeof(bytes)) > 0)
         server->stopping = true;
 }
 
@@ -516,6 +566,8 @@ static void ServeClients(SERVER *server)
             void *ptr = events[i].data.ptr;
             if (ptr == &server->signalMark)
                 OnSignal(server);
+            else if (ptr == &server->ctrlCMark)
+                OnCtrlCPipe(server);
             else if (ptr == &server->listenerMark)
                 server->listenerReady = true;
             else {
@@ -533,11 +585,12 @@ static void ServeClients(SERVER *server)
 }
 
 /* The epoll set, with the listening socket and the signals in it. */
-static void StartServer(SERVER *server, int hServSock, int hSignal)
+static void StartServer(SERVER *server, int hServSock, int hSignal, int hCtrlC)
 {
     memset(server, 0, sizeof(*server));
     server->hServSock = hServSock;
     server->hSignal = hSignal;
+    server->hCtrlC = hCtrlC;
     server->hEpoll = epoll_create1(EPOLL_CLOEXEC);
     if (server->hEpoll < 0)
         ErrorHandling("epoll_create1()");
@@ -545,28 +598,33 @@ static void StartServer(SERVER *server, int hServSock, int hSignal)
         ErrorHandling("epoll_ctl()");
     if (!WatchEdges(server, hSignal, &server->signalMark))
         ErrorHandling("epoll_ctl()");
+    if (!WatchEdges(server, hCtrlC, &server->ctrlCMark))
+        ErrorHandling("epoll_ctl()");
 }
 
 /* The graceful stop: stop accepting, close every session, free everything. Nothing to cancel or
  * wait for, unlike 05: no I/O of ours is ever outstanding in the kernel. */
 static void StopServer(SERVER *server)
 {
-    LogLine("Stopping");
+    LogLine("Stopping (Ctrl+C again ends the process at once)");
     close(server->hServSock);
     while (server->sessions != NULL)
         CloseSession(server, server->sessions);
     close(server->hSignal);
     close(server->hEpoll);
+    /* the pipe stays open: SIGINT's default action is back, so no handler writes to it again,
+       and the process ends in a moment */
 }
 
 int main(int argc, char *argv[])
 {
     SERVER server;
     unsigned short port = ParsePort(argc, argv);
-    int hSignal = OpenSignalFd(); /* first: a Ctrl+C right after "Listening" is already ours */
+    int hSignal = OpenSignalFd(); /* first: a signal right after "Listening" is already ours */
+    int hCtrlC = OpenCtrlCPipe();
     int hServSock = OpenListenSocket(port);
 
-    StartServer(&server, hServSock, hSignal);
+    StartServer(&server, hServSock, hSignal, hCtrlC);
     ServeClients(&server);
     StopServer(&server);
     LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
