@@ -109,8 +109,9 @@ static SOCKET OpenListenSocket(unsigned short port)
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocketW()");
-    /* accept() now returns at once (WSAEWOULDBLOCK when nobody waits), and the sockets it
-       returns inherit the non-blocking mode. */
+    /* Non-blocking: after an accept pause the loop tries accept() even with FD_ACCEPT unset (Wine
+       does not set it again), and it must not block the only thread when nobody waits.
+       (WSAEventSelect in ServeClients would set this mode as well.) */
     if (ioctlsocket(hServSock, FIONBIO, &nonBlocking) == SOCKET_ERROR)
         ErrorHandling("ioctlsocket()");
 

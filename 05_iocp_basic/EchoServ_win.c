@@ -376,7 +376,7 @@ static void AcceptClient(SOCKET hServSock, SERVER *server)
         closesocket(hClntSock);
         return;
     }
-    server->numAccepted++;
+    server->numAccepted++; /* only this thread counts accepts (and reads them, after the join) */
     if (server->numSessions == MAX_CLIENTS) {
         char peer[64];
         FormatAddress(&clntAdr, peer, sizeof(peer));

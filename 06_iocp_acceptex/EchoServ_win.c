@@ -69,7 +69,8 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
+#define MAX_CLIENTS 1000 /* served at once; the pool's memory is all allocated at start, and each
+                            client may add up to MAX_SEND_QUEUE queued messages of about 8 KB */
 #define SPARE_SESSIONS 16 /* the pool's room beyond the limit: they accept while all are busy */
 #define POOL_SIZE (MAX_CLIENTS + SPARE_SESSIONS)
 #define MAX_SEND_QUEUE 4  /* messages a session holds for a slow reader before it stops receiving */
@@ -745,6 +746,8 @@ static void StartServer(SERVER *server, SOCKET hServSock)
     memset(server, 0, sizeof(*server));
     server->hServSock = hServSock;
     InitializeCriticalSection(&server->lock);
+    /* Not set, unlike 05's: every session of the pool is in use (accepting) from the start; it is
+       set once, when the last one parks. */
     server->hNoSessions = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (server->hNoSessions == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());
