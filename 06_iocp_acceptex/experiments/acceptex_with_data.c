@@ -21,9 +21,8 @@
  * takes it from there.
  *
  * Changed from the previous stage:
- * No thread waits in accept() any more: the main thread only waits for Ctrl+C, and retries (every
- * ACCEPT_RETRY_MS = 100 ms) a session whose AcceptEx could not be posted (out of sockets or memory,
- * for now), so a shortage that passes leaves the whole pool accepting.
+ * No thread waits in accept() any more: the main thread only waits for Ctrl+C (and retries the
+ * AcceptEx calls that could not be posted).
  * Sessions come from a pool made at start, and each has a bounded send queue.
  * The stop of 05 also waits for every pending AcceptEx to come back, cancelled.
  *
@@ -43,8 +42,8 @@
  *   - a post that fails at once closes the client: no completion will ever come for it.
  *   - the send queue is bounded (MAX_SEND_QUEUE): while it is full the session posts no new
  *     receive, so a client that never reads cannot grow the server's memory.
- *   - a session is freed only once its I/O has completed, never while the system may still write
- *     into its OVERLAPPED and buffer.
+ *   - a session is closed and reused only once its I/O has completed, never while the system may
+ *     still write into its OVERLAPPED and buffer.
  *   - the limit: MAX_CLIENTS = 1,000 clients at once; the pool has room beyond it (SPARE_SESSIONS),
  *     so with 1,000 clients connected the spare sessions still accept, and client 1,001 is accepted
  *     and closed at once with a log line.
@@ -53,13 +52,15 @@
  *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
  *   - each session counts its outstanding I/O: raised BEFORE each post (another worker may run the
  *     completion before WSARecv returns), lowered at each completion, and where a post fails at
- *     once. Whoever takes it to 0 closes and frees the session, once.
+ *     once. Whoever takes it to 0 closes the session, once, and it accepts again.
  *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD.
  *   - AcceptEx and GetAcceptExSockaddrs are loaded with WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER);
  *     each address slot is sizeof(SOCKADDR_STORAGE) + 16 bytes; the receive length is 0, so a
  *     client that connects and waits is accepted at once, not when it first sends.
  *   - every free session has an AcceptEx pending, so a burst of 1,000 connects is taken without
- *     waiting, and a session accepts again after EVERY use, failed accepts included.
+ *     waiting, and a session accepts again after EVERY use, failed accepts included; one whose
+ *     AcceptEx cannot be posted (out of sockets or memory, for now) is retried 100 ms later by the
+ *     main thread, never dropped: a shortage that passes leaves the whole pool accepting.
  *   - SO_UPDATE_ACCEPT_CONTEXT on each accepted socket (Windows needs it; Wine does not check), and
  *     the peer's address from GetAcceptExSockaddrs.
  *   - the session is found from the OVERLAPPED: an AcceptEx completion carries the LISTENING
