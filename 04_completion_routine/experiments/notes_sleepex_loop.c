@@ -35,8 +35,8 @@
  * Its main loop is not: the listing polls a non-blocking accept() between SleepEx(100, TRUE) calls,
  * so each new client waits up to 100 ms, and under load back-to-back routines keep it from accept()
  * for seconds.
- * The listing also ignores dwError and a 0-byte read and never completes a short send (it sends
- * bufInfo->len = szRecvBytes once): handled below.
+ * The listing also never reads dwError or what WSARecv/WSASend return, loses the rest of a short
+ * send, reuses the OVERLAPPED unzeroed and never sets bufInfo->len back after a send: handled below.
  *
  * Handled here:
  *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
