@@ -36,7 +36,7 @@
  * so each new client waits up to 100 ms, and under load back-to-back routines keep it from accept()
  * for seconds.
  * The listing also never reads dwError or what WSARecv/WSASend return, loses the rest of a short
- * send, reuses the OVERLAPPED unzeroed and never sets bufInfo->len back after a send: handled below.
+ * send, reuses the OVERLAPPED unzeroed and never sets bufInfo->len back: handled below.
  *
  * Handled here:
  *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
