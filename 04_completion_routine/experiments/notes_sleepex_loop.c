@@ -1,5 +1,5 @@
 /*
- * EXPERIMENT notes_sleepex_loop (a variant, not a server to copy): the notes' CmplRouEchoServ main
+ * EXPERIMENT notes_sleepex_loop (a variant, not a server to copy): the book's CmplRouEchoServ main
  * loop (윤성우 ch. 23) instead of the split between an accepting thread and an I/O thread. One
  * thread: a non-blocking listener, SleepEx(100, TRUE) to run the routines queued so far, then one
  * accept(); WSAEWOULDBLOCK means nobody waits: sleep again. The routines are the stage's, and each
