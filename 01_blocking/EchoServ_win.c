@@ -1,15 +1,27 @@
 /*
  * 01_blocking/EchoServ_win.c - an iterative blocking echo server.
  *
- * Stage 1 of 7. The simplest server there is: socket, bind, listen, then accept ONE client and
- * echo until it closes, then accept the next. Every call blocks the only thread, so a second client
- * waits in the listen backlog until the first one leaves. That is the limit the next stages remove.
+ * Stage 1 of 7: blocking sockets, one client at a time.
  *
- * What it already does right (and the famous samples do not):
- *   - send() may take fewer bytes than asked: SendAll loops until every byte is out.
- *   - recv() returning 0 (the client closed) or SOCKET_ERROR (a reset) ends that client only.
- *   - accept() failing concerns one connection (e.g. it was reset while waiting): log, go on.
+ * What this stage teaches:
+ * The simplest server there is: socket, bind, listen, then accept ONE client and echo until it
+ * closes, then accept the next.
+ * Every call blocks the only thread, so a second client waits in the listen backlog until the first
+ * one leaves; that is the limit the next stages remove.
+ *
+ * Changed from the previous stage:
+ * Nothing: this is the first stage.
+ *
+ * What the book / notes do, and what we do instead:
+ * The book's listings call listen(s, 5): here SOMAXCONN, so a burst of clients is not refused.
+ * The book's StableEchoClnt_win.c never checks recv() for 0 or SOCKET_ERROR: our client (the same
+ * in every stage) checks every call.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
  *   - payloads are bytes, never strings: no str* function touches them.
+ *   - send() may take fewer bytes than asked: SendAll loops until every byte is out.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)

@@ -1,29 +1,70 @@
 /*
  * 07_socket_pool/EchoServ_win.c - an IOCP echo server that reuses its sockets.
  *
- * Stage 7 of 7. Stage 6's AcceptEx server, and the sockets come from a pool: a closing session
- * does not closesocket() its socket, it disconnects it for reuse, overlapped, with DisconnectEx
- * (TF_REUSE_SOCKET) or TransmitFile (TF_DISCONNECT | TF_REUSE_SOCKET); when that completes, the
- * socket goes back to the pool and the next AcceptEx takes it, instead of a new WSASocket().
+ * Stage 7 of 7: IOCP, AcceptEx, and a pool of sockets reused with DisconnectEx.
+ *
+ * What this stage teaches:
+ * A closing session does not closesocket() its socket: it disconnects it for reuse, overlapped,
+ * with DisconnectEx (TF_REUSE_SOCKET) or TransmitFile (TF_DISCONNECT | TF_REUSE_SOCKET); when that
+ * completes, the socket goes back to the pool and the next AcceptEx takes it, instead of a new
+ * WSASocket().
+ *
+ * Changed from the previous stage:
+ * The sockets come from a pool; each socket is associated with the port once, when the pool makes
+ * it, and the session is always found from the OVERLAPPED, never from the key.
  * DisconnectEx is the default: client versions of Windows run at most two TransmitFile calls at
  * once (Microsoft's TransmitFile page), and under Wine 8 each TransmitFile leaks 64 KiB.
+ * The stop of 06 also cancels the pending disconnects and closes every pooled socket once; the last
+ * lines count the sockets made and reused.
  *
- * The notes' CSocketPool (Init, Alloc, Free under an SRWLOCK) is SOCKET_POOL here. Their bug was
- * the completion key: a socket stays associated with its completion port, under its FIRST key,
- * until it is closed; associating a reused socket again fails (87) and its completions keep
- * arriving with the old session's key. Here:
- *   - each socket is associated with the port once, when the pool makes it; the session is always
- *     found from the OVERLAPPED, never from the key.
+ * What the book / notes do, and what we do instead:
+ * The notes' CSocketPool (Init, Alloc, Free under an SRWLOCK) is SOCKET_POOL here.
+ * Their bug was the completion key: a socket stays associated with its completion port, under its
+ * FIRST key, until it is closed; associating a reused socket again fails (87) and its completions
+ * keep arriving with the old session's key.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - a short WSASend is completed by posting the rest.
+ *   - the OVERLAPPED and the lpFlags argument are reset before every post.
+ *   - a post that fails at once closes the client: no completion will ever come for it.
+ *   - the send queue is bounded (MAX_SEND_QUEUE): while it is full the session posts no new
+ *     receive, so a client that never reads cannot grow the server's memory.
+ *   - a session is closed and reused only once its I/O has completed, never while the system may
+ *     still write into its OVERLAPPED and buffer.
+ *   - the limit: MAX_CLIENTS = 1,000 clients at once; the pool has room beyond it (SPARE_SESSIONS),
+ *     so with 1,000 clients connected the spare sessions still accept, and client 1,001 is accepted
+ *     and closed at once with a log line.
+ *   - all four outcomes of GetQueuedCompletionStatus are told apart: a completed I/O; a failed I/O
+ *     (FALSE with an OVERLAPPED: close that client); a failed wait (FALSE without one: the key
+ *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
+ *   - each session counts its outstanding I/O: raised BEFORE each post (another worker may run the
+ *     completion before WSARecv returns), lowered at each completion, and where a post fails at
+ *     once. Whoever takes it to 0 closes the session, once, and it accepts again.
+ *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD.
+ *   - AcceptEx and GetAcceptExSockaddrs are loaded with WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER);
+ *     each address slot is sizeof(SOCKADDR_STORAGE) + 16 bytes; the receive length is 0, so a
+ *     client that connects and waits is accepted at once, not when it first sends.
+ *   - every free session has an AcceptEx pending, so a burst of 1,000 connects is taken without
+ *     waiting, and a session accepts again after EVERY use, failed accepts included; one whose
+ *     AcceptEx cannot be posted (out of sockets or memory, for now) is retried 100 ms later by the
+ *     main thread, never dropped: a shortage that passes leaves the whole pool accepting.
+ *   - SO_UPDATE_ACCEPT_CONTEXT on each accepted socket (Windows needs it; Wine does not check), and
+ *     the peer's address from GetAcceptExSockaddrs.
+ *   - the session is found from the OVERLAPPED: an AcceptEx completion carries the LISTENING
+ *     socket's completion key.
+ *   - no line is written while a lock is held (a blocked console or pipe would stall every thread
+ *     that needs the lock); a cancel holds (a closing flag, checked under the session's lock).
  *   - a session is disconnected only when its I/O count is 0: every byte echoed, nothing pending;
  *     and only when the client closed first, so that no TIME_WAIT delays the disconnect.
  *   - TransmitFile/DisconnectEx returning TRUE and FALSE with ERROR_IO_PENDING both mean a
  *     completion will come; only another error means none (the socket is closed then).
  *   - AcceptEx takes only a socket that is not connected: after the disconnect SO_CONNECT_TIME
  *     must say so, or the socket is closed (Wine 8 reuses none: see the README).
- *   - the stop of 06, with the pending disconnects cancelled too, and every pooled socket closed
- *     once; the last lines count the sockets made and reused.
- *   - 06's retry of an AcceptEx that cannot be posted; at start the pool makes the sockets it can
- *     and the sessions make the rest later, so a shortage of sockets at start-up is no exit.
+ *   - at start the pool makes the sockets it can and the sessions make the rest later, so a
+ *     shortage of sockets at start-up is no exit.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)
@@ -38,7 +79,8 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
+#define MAX_CLIENTS 1000 /* served at once; the pool's memory is all allocated at start, and each
+                            client may add up to MAX_SEND_QUEUE queued messages of about 8 KB */
 #define SPARE_SESSIONS 16 /* the pool's room beyond the limit: they accept while all are busy */
 #define POOL_SIZE (MAX_CLIENTS + SPARE_SESSIONS)
 #define MAX_SEND_QUEUE 4  /* messages a session holds for a slow reader before it stops receiving */
@@ -922,6 +964,8 @@ static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
     memset(server, 0, sizeof(*server));
     server->hServSock = hServSock;
     InitializeCriticalSection(&server->lock);
+    /* Not set, unlike 05's: every session of the pool is in use (accepting) from the start; it is
+       set once, when the last one parks. */
     server->hNoSessions = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (server->hNoSessions == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());

@@ -12,19 +12,36 @@
  *
  * 02_nonblocking_select/EchoServ_win.c - a non-blocking echo server with select().
  *
- * Stage 2 of 7. One thread serves many clients: every socket is non-blocking (ioctlsocket FIONBIO),
- * and select() says which ones can be read or written without blocking. A call that would block
- * fails at once with WSAEWOULDBLOCK instead, and the loop just goes on to the next socket.
+ * Stage 2 of 7: non-blocking sockets and select().
  *
- * The part the famous samples skip: send() on a non-blocking socket takes only what fits in the
- * socket's send buffer (or nothing: WSAEWOULDBLOCK). The rest waits in the session's buffer, the
- * socket goes into the write set, and the session is not read again until that buffer is empty.
- * So a client that sends and never reads cannot make the server's memory grow (TCP flow control
- * stops it at its own send buffer), and it never stalls the other clients.
+ * What this stage teaches:
+ * One thread serves many clients: every socket is non-blocking (ioctlsocket FIONBIO), and select()
+ * says which ones can be read or written without blocking.
+ * A call that would block fails at once with WSAEWOULDBLOCK instead, and the loop just goes on to
+ * the next socket.
  *
- * FD_SETSIZE: on Windows an fd_set is an array of FD_SETSIZE sockets (64 unless a program defines
- * it before including winsock2.h; any larger value works). The listening socket takes one slot, so
- * this server serves FD_SETSIZE - 1 = 63 clients; one more is accepted and closed at once.
+ * Changed from the previous stage:
+ * The loop over one client becomes a select() loop over a session per client, so no client waits
+ * for another one to leave.
+ *
+ * What the book / notes do, and what we do instead:
+ * The notes show ioctlsocket(FIONBIO) and warn that non-blocking calls can take the CPU to 100%:
+ * here select() sleeps until a socket is ready (experiments/busy_poll.c polls without it).
+ * The part the famous samples skip is the short send below.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - send() on a non-blocking socket takes only what fits in the socket's send buffer (or nothing:
+ *     WSAEWOULDBLOCK): the rest waits in the session's buffer, and the socket goes into the write
+ *     set.
+ *   - the session is not read again until that buffer is empty, so a client that sends and never
+ *     reads cannot grow the server's memory (TCP flow control stops it at its own send buffer), and
+ *     it never stalls the other clients.
+ *   - the limit: an fd_set holds FD_SETSIZE sockets (64 on Windows unless a program defines it
+ *     before including winsock2.h; any larger value works); the listening socket takes one slot, so
+ *     this server serves FD_SETSIZE - 1 = 63 clients; one more is accepted and closed at once.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)

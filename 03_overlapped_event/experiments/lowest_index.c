@@ -11,26 +11,38 @@
  *
  * 03_overlapped_event/EchoServ_win.c - an overlapped echo server, completions signalled by events.
  *
- * Stage 3 of 7. Overlapped I/O turns select() around: instead of asking "can I read now?", the
- * server posts a WSARecv or WSASend with a WSAOVERLAPPED and the call returns at once; the system
- * does the I/O in the background and, when it is over, sets the event in the OVERLAPPED's hEvent.
- * Each client has its own event, the listening socket has one too (WSAEventSelect FD_ACCEPT), and
- * one thread waits on all of them with WSAWaitForMultipleEvents. WSAGetOverlappedResult then tells
- * how a finished I/O went: how many bytes, or which error.
+ * Stage 3 of 7: overlapped I/O, completions signalled by events.
  *
- * What it does right (and the famous samples do not):
- *   - one I/O per client at a time: receive, send until all of it is echoed, receive again. A short
- *     WSASend is completed by posting the rest; a client that never reads stops at its TCP window,
- *     so the server's memory stays bounded.
+ * What this stage teaches:
+ * Overlapped I/O turns select() around: instead of asking "can I read now?", the server posts a
+ * WSARecv or WSASend with a WSAOVERLAPPED and the call returns at once.
+ * The system does the I/O in the background and, when it is over, sets the event in the
+ * OVERLAPPED's hEvent.
+ * WSAGetOverlappedResult then tells how a finished I/O went: how many bytes, or which error.
+ *
+ * Changed from the previous stage:
+ * Each client has its own event, the listening socket has one too (WSAEventSelect FD_ACCEPT), and
+ * one thread waits on all of them with WSAWaitForMultipleEvents instead of select().
+ *
+ * What the book / notes do, and what we do instead:
+ * The notes have no listing for this model (they go from select() to completion routines); the
+ * tutorials that start overlapped I/O here share the bugs handled below.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - a short WSASend is completed by posting the rest.
  *   - the OVERLAPPED, the lpFlags argument and the event are reset before every post.
- *   - WSAWaitForMultipleEvents reports only the LOWEST signalled index. Every signalled event is
- *     serviced on each wake-up; servicing only that one lets a busy client at a low index starve
- *     every client after it.
+ *   - a post that fails at once closes the client: no completion will ever come for it.
+ *   - one I/O per client at a time, so a client that never reads stops at its TCP window and cannot
+ *     grow the server's memory.
  *   - a session is freed only once its I/O has completed, never while the system may still write
  *     into its OVERLAPPED and buffer.
- *
- * WSA_MAXIMUM_WAIT_EVENTS: one wait takes at most 64 events. The listening socket's event takes
- * one, so this server serves 63 clients; one more is accepted and closed at once.
+ *   - WSAWaitForMultipleEvents reports only the LOWEST signalled index: every signalled event is
+ *     serviced on each wake-up, or a busy client at a low index starves every client after it.
+ *   - the limit: one wait takes at most WSA_MAXIMUM_WAIT_EVENTS = 64 events; the listening socket's
+ *     takes one, so this server serves 63 clients; one more is accepted and closed at once.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)
@@ -107,8 +119,9 @@ static SOCKET OpenListenSocket(unsigned short port)
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocketW()");
-    /* accept() now returns at once (WSAEWOULDBLOCK when nobody waits), and the sockets it
-       returns inherit the non-blocking mode. */
+    /* Non-blocking: after an accept pause the loop tries accept() even with FD_ACCEPT unset (Wine
+       does not set it again), and it must not block the only thread when nobody waits.
+       (WSAEventSelect in ServeClients would set this mode as well.) */
     if (ioctlsocket(hServSock, FIONBIO, &nonBlocking) == SOCKET_ERROR)
         ErrorHandling("ioctlsocket()");
 

@@ -1,5 +1,5 @@
 /*
- * EXPERIMENT notes_sleepex_loop (a variant, not a server to copy): the notes' CmplRouEchoServ main
+ * EXPERIMENT notes_sleepex_loop (a variant, not a server to copy): the book's CmplRouEchoServ main
  * loop (윤성우 ch. 23) instead of the split between an accepting thread and an I/O thread. One
  * thread: a non-blocking listener, SleepEx(100, TRUE) to run the routines queued so far, then one
  * accept(); WSAEWOULDBLOCK means nobody waits: sleep again. The routines are the stage's, and each
@@ -13,27 +13,43 @@
  *
  * 04_completion_routine/EchoServ_win.c - an overlapped echo server, completions run as routines.
  *
- * Stage 4 of 7. The same overlapped WSARecv/WSASend as stage 3, but each post names a completion
- * routine instead of an event: when the I/O is over, the system queues the routine (an APC) to the
- * thread that POSTED the I/O, and runs it when that thread waits alertably (SleepEx(..., TRUE)).
- * No event per client, so no 64-handle limit: this server serves 1,000 clients at once.
+ * Stage 4 of 7: overlapped I/O, completions run as completion routines (APCs).
  *
- * The notes' CmplRouEchoServ alternates ReadCompRoutine (a receive is over: send it back) and
- * WriteCompRoutine (the send is over: receive again), and passes the client's PER_IO_DATA to them
- * through the OVERLAPPED's hEvent, which completion routines leave unused. That part is kept. Its
- * main loop is not: it polls a non-blocking accept() between SleepEx(100, TRUE) calls, so each new
- * client waits up to 100 ms, and under load back-to-back routines keep it from accept() for
- * seconds. Here the two jobs get a thread each, the split the notes point to at the end:
- *   - the main thread blocks in accept() and hands each new socket to the I/O thread
- *     (QueueUserAPC);
- *   - the I/O thread sleeps alertably forever and is the only thread that posts I/O, so every
- *     completion routine runs there, one at a time.
+ * What this stage teaches:
+ * The same overlapped WSARecv/WSASend as stage 3, but each post names a completion routine instead
+ * of an event.
+ * When the I/O is over, the system queues the routine (an APC) to the thread that POSTED the I/O,
+ * and runs it when that thread waits alertably (SleepEx(..., TRUE)).
  *
- * What it does right (and the notes' listing does not): dwError is checked; a 0-byte read closes
- * the client; a short send posts the rest; the OVERLAPPED and the lpFlags argument are reset before
- * every post; a post that fails at once closes the client (no routine will ever run for it); one
- * I/O per client at a time, so a client that never reads cannot grow memory; a session is freed
- * only in a routine, after its I/O completed.
+ * Changed from the previous stage:
+ * No event per client, so no 64-handle limit.
+ * Accepting and I/O get a thread each, the split the notes point to at the end: the main thread
+ * blocks in accept() and hands each new socket to the I/O thread (QueueUserAPC); the I/O thread
+ * sleeps alertably forever and is the only thread that posts I/O, so every completion routine runs
+ * there, one at a time.
+ *
+ * What the book / notes do, and what we do instead:
+ * The book's CmplRouEchoServ_win.c, as the notes describe it, alternates ReadCompRoutine (a receive
+ * is over: send it back) and WriteCompRoutine (the send is over: receive again), and passes the
+ * client's PER_IO_DATA to them through the OVERLAPPED's hEvent, which routines leave unused: kept.
+ * Its main loop is not: the listing polls a non-blocking accept() between SleepEx(100, TRUE) calls,
+ * so each new client waits up to 100 ms, and under load back-to-back routines keep it from accept()
+ * for seconds.
+ * The listing also never reads dwError or what WSARecv/WSASend return, loses the rest of a short
+ * send, reuses the OVERLAPPED unzeroed and never sets bufInfo->len back: handled below.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - a short WSASend is completed by posting the rest.
+ *   - the OVERLAPPED and the lpFlags argument are reset before every post.
+ *   - a post that fails at once closes the client: no completion will ever come for it.
+ *   - one I/O per client at a time, so a client that never reads stops at its TCP window and cannot
+ *     grow the server's memory.
+ *   - a session is freed only once its I/O has completed, never while the system may still write
+ *     into its OVERLAPPED and buffer.
+ *   - the limit: MAX_CLIENTS = 1,000 clients at once; one more is accepted and closed at once.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)

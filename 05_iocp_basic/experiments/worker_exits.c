@@ -16,27 +16,48 @@
  *
  * 05_iocp_basic/EchoServ_win.c - an overlapped echo server, completions queued to a completion port.
  *
- * Stage 5 of 7. The same overlapped WSARecv/WSASend as stages 3 and 4, but their completions go to
- * an I/O completion port (IOCP): each client socket is associated with the port once
- * (CreateIoCompletionPort), and when an I/O on it is over, the system queues a completion packet
- * there. Worker threads, one per processor, wait on the port (GetQueuedCompletionStatus) and each
- * handles whatever completed, for any client. No thread owns a client any more, as 04's I/O thread
- * did: the work spreads over every processor.
+ * Stage 5 of 7: overlapped I/O, completions queued to an I/O completion port (IOCP).
  *
- * The notes' IOCPEchoServ has this shape, and the main thread still blocks in accept(), as in 04.
- * Its mistakes are not kept: it passes the per-handle data as a DWORD completion key (cut in half
- * on x64: a ULONG_PTR here), ignores GetQueuedCompletionStatus's failures, frees a client on EOF
- * while a send may still be pending, and cannot stop. Here:
+ * What this stage teaches:
+ * The same overlapped WSARecv/WSASend as stages 3 and 4, but their completions go to a completion
+ * port: each client socket is associated with the port once (CreateIoCompletionPort), and when an
+ * I/O on it is over, the system queues a completion packet there.
+ * Worker threads, one per processor, wait on the port (GetQueuedCompletionStatus) and each handles
+ * whatever completed, for any client.
+ *
+ * Changed from the previous stage:
+ * No thread owns a client any more, as 04's I/O thread did: the work spreads over every processor;
+ * the main thread still blocks in accept(), as in 04.
+ * Ctrl+C stops gracefully: stop accepting, cancel every session's I/O, wait until none is
+ * outstanding, one sentinel per worker, join, free, then the "Shutdown:" line.
+ *
+ * What the book / notes do, and what we do instead:
+ * The book's IOCPEchoServ_win.c (ch. 23; the notes summarise the chapter, not the listing) has this
+ * shape; its mistakes are not kept.
+ * It passes the per-handle data as a DWORD completion key, cut in half on x64 (a ULONG_PTR here);
+ * the notes copy that cast: (DWORD)ioInfo.
+ * It ignores GetQueuedCompletionStatus's failures, frees a client on EOF while a send may still be
+ * pending, never completes a short send, and cannot stop.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - a short WSASend is completed by posting the rest.
+ *   - the OVERLAPPED and the lpFlags argument are reset before every post.
+ *   - a post that fails at once closes the client: no completion will ever come for it.
+ *   - one I/O per client at a time, so a client that never reads stops at its TCP window and cannot
+ *     grow the server's memory.
+ *   - a session is freed only once its I/O has completed, never while the system may still write
+ *     into its OVERLAPPED and buffer.
+ *   - the limit: MAX_CLIENTS = 1,000 clients at once; one more is accepted and closed at once.
  *   - all four outcomes of GetQueuedCompletionStatus are told apart: a completed I/O; a failed I/O
  *     (FALSE with an OVERLAPPED: close that client); a failed wait (FALSE without one: the key
  *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
  *   - each session counts its outstanding I/O: raised BEFORE each post (another worker may run the
  *     completion before WSARecv returns), lowered at each completion, and where a post fails at
- *     once (no completion will come). Whoever takes it to 0 closes and frees the session, once.
- *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD; one I/O per
- *     client at a time, so a client that never reads cannot grow memory.
- *   - Ctrl+C stops gracefully: stop accepting, cancel every session's I/O, wait until none is
- *     outstanding, one sentinel per worker, join, free, then the "Shutdown:" line.
+ *     once. Whoever takes it to 0 closes and frees the session, once.
+ *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)
@@ -371,7 +392,7 @@ static void AcceptClient(SOCKET hServSock, SERVER *server)
         closesocket(hClntSock);
         return;
     }
-    server->numAccepted++;
+    server->numAccepted++; /* only this thread counts accepts (and reads them, after the join) */
     if (server->numSessions == MAX_CLIENTS) {
         char peer[64];
         FormatAddress(&clntAdr, peer, sizeof(peer));

@@ -12,16 +12,48 @@
  *
  * 06_iocp_acceptex/EchoServ_win.c - an IOCP echo server that accepts with AcceptEx.
  *
- * Stage 6 of 7. The completion port and its workers of stage 5, and accepting becomes overlapped
- * I/O too: the listening socket is associated with the port, and AcceptEx calls are posted on it
- * in advance, each with a socket made beforehand. A client that connects completes one of them,
- * on the port, like any other I/O, and a worker takes it from there. No thread waits in accept()
- * any more: the main thread only waits for Ctrl+C.
+ * Stage 6 of 7: IOCP, and accepting with AcceptEx.
  *
+ * What this stage teaches:
+ * Accepting becomes overlapped I/O too: the listening socket is associated with the port, and
+ * AcceptEx calls are posted on it in advance, each with a socket made beforehand.
+ * A client that connects completes one of them, on the port, like any other I/O, and a worker
+ * takes it from there.
+ *
+ * Changed from the previous stage:
+ * No thread waits in accept() any more: the main thread only waits for Ctrl+C (and retries the
+ * AcceptEx calls that could not be posted).
+ * Sessions come from a pool made at start, and each has a bounded send queue.
+ * The stop of 05 also waits for every pending AcceptEx to come back, cancelled.
+ *
+ * What the book / notes do, and what we do instead:
  * The notes' IOCP_Server has this shape: a pool of client infos made once, an AcceptEx posted for
  * each, the listening socket on the port, and a send queue per client (SendMsg queues, one WSASend
- * at a time, the next one posted when it completes). Its accepter thread is not needed: AcceptEx
- * completes on the port, and a worker posts the next one. Here:
+ * at a time, the next one posted when it completes).
+ * Its accepter thread (ReadyAccept) is not needed: AcceptEx completes on the port, and a worker
+ * posts the next one.
+ *
+ * Handled here:
+ *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
+ *   - a failed accept concerns one connection (e.g. it was reset while waiting): log, go on.
+ *   - payloads are bytes, never strings: no str* function touches them.
+ *   - a short WSASend is completed by posting the rest.
+ *   - the OVERLAPPED and the lpFlags argument are reset before every post.
+ *   - a post that fails at once closes the client: no completion will ever come for it.
+ *   - the send queue is bounded (MAX_SEND_QUEUE): while it is full the session posts no new
+ *     receive, so a client that never reads cannot grow the server's memory.
+ *   - a session is closed and reused only once its I/O has completed, never while the system may
+ *     still write into its OVERLAPPED and buffer.
+ *   - the limit: MAX_CLIENTS = 1,000 clients at once; the pool has room beyond it (SPARE_SESSIONS),
+ *     so with 1,000 clients connected the spare sessions still accept, and client 1,001 is accepted
+ *     and closed at once with a log line.
+ *   - all four outcomes of GetQueuedCompletionStatus are told apart: a completed I/O; a failed I/O
+ *     (FALSE with an OVERLAPPED: close that client); a failed wait (FALSE without one: the key
+ *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
+ *   - each session counts its outstanding I/O: raised BEFORE each post (another worker may run the
+ *     completion before WSARecv returns), lowered at each completion, and where a post fails at
+ *     once. Whoever takes it to 0 closes the session, once, and it accepts again.
+ *   - the per-I/O data embeds the OVERLAPPED and comes back with CONTAINING_RECORD.
  *   - AcceptEx and GetAcceptExSockaddrs are loaded with WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER);
  *     each address slot is sizeof(SOCKADDR_STORAGE) + 16 bytes; the receive length is 0, so a
  *     client that connects and waits is accepted at once, not when it first sends.
@@ -29,17 +61,12 @@
  *     waiting, and a session accepts again after EVERY use, failed accepts included; one whose
  *     AcceptEx cannot be posted (out of sockets or memory, for now) is retried 100 ms later by the
  *     main thread, never dropped: a shortage that passes leaves the whole pool accepting.
- *   - no line is written while a lock is held (a blocked console or pipe would stall every thread
- *     that needs the lock); a cancel holds (a closing flag, checked under the session's lock).
  *   - SO_UPDATE_ACCEPT_CONTEXT on each accepted socket (Windows needs it; Wine does not check), and
  *     the peer's address from GetAcceptExSockaddrs.
  *   - the session is found from the OVERLAPPED: an AcceptEx completion carries the LISTENING
  *     socket's completion key.
- *   - the pool has room beyond the limit: with 1,000 clients connected, the spare sessions still
- *     accept, so client 1,001 is accepted and closed at once with a log line.
- *   - the send queue is bounded: while it is full the session posts no new receive, so a client
- *     that never reads cannot grow memory.
- *   - the I/O count, the four outcomes of GetQueuedCompletionStatus and the graceful stop of 05.
+ *   - no line is written while a lock is held (a blocked console or pipe would stall every thread
+ *     that needs the lock); a cancel holds (a closing flag, checked under the session's lock).
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)
@@ -54,7 +81,8 @@
 #include "../common/ErrorHandling.h"
 
 #define BUF_SIZE 8192
-#define MAX_CLIENTS 1000 /* no 64-handle wait any more: about 8 KB of memory a client */
+#define MAX_CLIENTS 1000 /* served at once; the pool's memory is all allocated at start, and each
+                            client may add up to MAX_SEND_QUEUE queued messages of about 8 KB */
 #define SPARE_SESSIONS 16 /* the pool's room beyond the limit: they accept while all are busy */
 #define POOL_SIZE (MAX_CLIENTS + SPARE_SESSIONS)
 #define MAX_SEND_QUEUE 4  /* messages a session holds for a slow reader before it stops receiving */
@@ -728,6 +756,8 @@ static void StartServer(SERVER *server, SOCKET hServSock)
     memset(server, 0, sizeof(*server));
     server->hServSock = hServSock;
     InitializeCriticalSection(&server->lock);
+    /* Not set, unlike 05's: every session of the pool is in use (accepting) from the start; it is
+       set once, when the last one parks. */
     server->hNoSessions = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (server->hNoSessions == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());
