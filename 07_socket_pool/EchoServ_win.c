@@ -206,6 +206,12 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
     LONG before;
 
+    /* Closing the console window, End task: the default handler's ExitProcess can hang while a
+       thread is blocked writing stdout (common/ErrorHandling.h); the system ends the process a
+       few seconds later anyway. As the second Ctrl+C: at once.
+       (learn.microsoft.com/windows/console/ctrl-close-signal) */
+    if (ctrlType == CTRL_CLOSE_EVENT)
+        EndProcessNow();
     if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
         return FALSE;
     EndAtSecondCtrlC(); /* the stop is blocked or slow, and the user means it: now */

@@ -10,7 +10,7 @@
  *   ErrorHandlingCode("CreateThread()", e)  fatal: an explicit code (GetLastError(), a GQCS code...)
  *   ReportError("recv()", e)                not fatal: one connection failed; log it and go on
  *   LogLine("Connected client %s", peer)    one log line on stdout, written whole and at once
- *   QuickEditOff()                          at start-up: a selection in the console cannot block us
+ *   QuickEditOff()                          at start-up: a mouse selection cannot block our output
  *   EndAtSecondCtrlC()                      in a Ctrl+C handler: the second Ctrl+C ends the process
  *   EndProcessNow()                         end at once, as Windows' Ctrl+C handler (CONTROL_C_EXIT)
  *   LogLineWithin(500, "Stopping")          a log line a Ctrl+C handler may write: never blocks it
@@ -161,18 +161,23 @@ static inline void ErrorHandling(const char *funcName)
  * is shown, the console holds every write to it, so a server thread that logs stops right there
  * (and with it every thread waiting for a lock that thread holds). A server wants no such pause:
  * QuickEditOff turns it off for the console the process runs in, if it has one, and puts the
- * user's setting back when the process ends (the mode belongs to the console, not to us). */
-static HANDLE quickEditConsole = INVALID_HANDLE_VALUE;
+ * user's setting back when the process ends (the mode belongs to the console, not to us).
+ * It is no guarantee: Mark mode (Edit > Mark), Pause and Ctrl+S still hold every write, and so
+ * does a full stdout pipe. The real protection is in the stages: no log line under a lock. */
+static HANDLE volatile quickEditConsole = INVALID_HANDLE_VALUE;
 static DWORD quickEditSavedMode;
 
 static inline void QuickEditRestore(void)
 {
-    if (quickEditConsole == INVALID_HANDLE_VALUE)
+    /* Two threads may get here at once (atexit on the main thread, EndProcessNow on a Ctrl+C
+       thread): the exchange hands the handle to one of them only, never closed twice. */
+    HANDLE hConsole = InterlockedExchangePointer((PVOID volatile *)&quickEditConsole,
+                                                 INVALID_HANDLE_VALUE);
+    if (hConsole == INVALID_HANDLE_VALUE)
         return;
     /* ENABLE_EXTENDED_FLAGS: without it SetConsoleMode leaves QuickEdit as it is. */
-    SetConsoleMode(quickEditConsole, quickEditSavedMode | ENABLE_EXTENDED_FLAGS);
-    CloseHandle(quickEditConsole);
-    quickEditConsole = INVALID_HANDLE_VALUE;
+    SetConsoleMode(hConsole, quickEditSavedMode | ENABLE_EXTENDED_FLAGS);
+    CloseHandle(hConsole);
 }
 
 static inline void QuickEditOff(void)

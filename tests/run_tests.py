@@ -1241,6 +1241,60 @@ def test_ctrl_c_twice(t):
         served, seconds)
 
 
+def fill_backlog(port, sockets, bound=20.0):
+    """Starts connects (non-blocking, into sockets, which the caller closes) until one more
+    cannot complete within 0.5 s: the server's listen backlog is full. Returns how many."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline and len(sockets) < 20000:
+        for _ in range(500):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        try:
+            with connect(port, timeout=0.5):
+                pass
+        except (socket.timeout, OSError):
+            return len(sockets)
+    raise Fail("the backlog never filled: %d connects in %.0f s" % (len(sockets), bound))
+
+
+def test_ctrl_c_full_backlog(t):
+    """ctrl_c_twice with the listen backlog full as well: the Ctrl+C handler must not connect
+    (or do anything else that can block). Before the fix 05's handler woke its blocking accept()
+    by connecting to its own port: with the backlog full that connect hung in the handler, and
+    Wine delivers no later Ctrl+C while a handler is blocked (measured 2026-11-28 under Wine:
+    still running 5 s after the second Ctrl+C; with an empty backlog it ended in 0.02 s)."""
+    srv = UnreadStdoutServer(t.server_exe, ["0"])
+    t.servers.append(srv)
+    srv.start()
+    sockets = []
+    try:
+        served = stall_stdout(srv)
+        queued = fill_backlog(srv.port, sockets)
+        srv.interrupt()
+        try:
+            srv.proc.wait(0.3)
+        except subprocess.TimeoutExpired:
+            pass
+        if not srv.alive():
+            raise Fail("the first Ctrl+C ended it (code %s): the test proves nothing"
+                       % srv.proc.returncode)
+        srv.interrupt()
+        started = time.monotonic()
+        try:
+            srv.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            raise Fail("still running 1 s after the second Ctrl+C (stdout blocked after %d "
+                       "clients, %d connects queued)" % (served, queued))
+        seconds = time.monotonic() - started
+    finally:
+        for sock in sockets:
+            sock.close()
+    return "stdout blocked after %d clients, backlog full after %d connects; ended %.2f s " \
+        "after the second Ctrl+C" % (served, queued, seconds)
+
+
 # ============================================================================ the client, once
 # The client is the same file in every stage (clients_identical), so these run once, against the
 # client of the first stage tested, and once against the appendix's native StableEchoClnt.
@@ -1478,6 +1532,7 @@ TESTS = [
     ("stalled_stderr", test_stalled_stderr,
      lambda s: (s.pooled_sessions > 0 and not s.socket_pool) or False),
     ("ctrl_c_twice", test_ctrl_c_twice, lambda s: True),
+    ("ctrl_c_full_backlog", test_ctrl_c_full_backlog, lambda s: s.graceful),
 ] + [("experiment_" + exp.name, test_experiment(exp), lambda s, exp=exp: s.name == exp.stage)
      for exp in experiments.EXPERIMENTS]
 
@@ -1568,7 +1623,7 @@ def run_stage(stage, exe_dir, args, results):
 # PASS lines of these tests carry their figures even without -v.
 SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_transmitfile_churn, test_slow_reader,
                 test_over_limit, test_fd_shortage, test_unread_stdout,
-                test_ctrl_c_twice}
+                test_ctrl_c_twice, test_ctrl_c_full_backlog}
 SHOW_FIGURES.update(function for name, function, _ in TESTS if name.startswith("experiment_"))
 
 

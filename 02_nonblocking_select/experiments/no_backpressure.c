@@ -89,6 +89,12 @@ static unsigned short ParsePort(int argc, char *argv[])
  * FALSE", whose default handler can hang while another thread is stuck writing to stdout. */
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
+    /* Closing the console window, End task: the default handler's ExitProcess can hang while a
+       thread is blocked writing stdout (common/ErrorHandling.h); the system ends the process a
+       few seconds later anyway. As the second Ctrl+C: at once.
+       (learn.microsoft.com/windows/console/ctrl-close-signal) */
+    if (ctrlType == CTRL_CLOSE_EVENT)
+        EndProcessNow();
     if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
         return FALSE;
     EndAtSecondCtrlC();

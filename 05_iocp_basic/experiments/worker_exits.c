@@ -27,7 +27,8 @@
  *
  * Changed from the previous stage:
  * No thread owns a client any more, as 04's I/O thread did: the work spreads over every processor;
- * the main thread still blocks in accept(), as in 04.
+ * the main thread waits for a client or Ctrl+C, on two events (WSAEventSelect FD_ACCEPT, as in
+ * 03, and the stop event the Ctrl+C handler sets).
  * Ctrl+C stops gracefully: stop accepting, cancel every session's I/O, wait until none is
  * outstanding, one sentinel per worker, join, free, then the "Shutdown:" line.
  *
@@ -110,11 +111,10 @@ typedef struct SERVER {
 } SERVER;
 
 /* The Ctrl+C handler runs on a thread of its own and takes no parameter: what it needs is global.
- * g_servPort is the listening port while the main thread accepts, else 0; g_portLock keeps the
- * listening socket open while the handler connects to it. */
-static volatile LONG g_stopping = FALSE;
-static unsigned short g_servPort = 0;
-static SRWLOCK g_portLock = SRWLOCK_INIT;
+ * g_state also says whether the main thread waits for the stop event: only once it is SERVING. */
+enum { STARTING, SERVING, STOPPING };
+static volatile LONG g_state = STARTING;
+static HANDLE g_hStopEvent;
 
 /* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
 static unsigned short ParsePort(int argc, char *argv[])
@@ -131,49 +131,25 @@ static unsigned short ParsePort(int argc, char *argv[])
     return (unsigned short)port;
 }
 
-/* Connects to our own listening port, so that the accept() the main thread blocks in returns.
- * (Closing the listening socket under it would be shorter, but Microsoft's closesocket page
- * forbids closing a socket while another thread is in a call on it: its handle value may be
- * reused at once.) */
-static BOOL WakeAccept(unsigned short port)
-{
-    SOCKADDR_IN adr;
-    BOOL ok;
-    SOCKET hSock = socket(PF_INET, SOCK_STREAM, IPPROTO_TCP);
-
-    if (hSock == INVALID_SOCKET) {
-        ReportError("socket()", WSAGetLastError());
-        return FALSE;
-    }
-    memset(&adr, 0, sizeof(adr));
-    adr.sin_family = AF_INET;
-    adr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    adr.sin_port = htons(port);
-    ok = connect(hSock, (SOCKADDR *)&adr, sizeof(adr)) == 0;
-    if (!ok)
-        ReportError("connect()", WSAGetLastError());
-    closesocket(hSock);
-    return ok;
-}
-
 /* Ctrl+C / Ctrl+Break, on a thread the system creates for it. It only starts the stop: it sets
- * g_stopping, wakes the main thread's accept(), and returns TRUE, so the process lives on while
- * the main thread stops the server (StopServer). If it cannot wake accept(), it ends the process
- * the hard way (EndProcessNow); so does a second Ctrl+C. */
+ * the event the main thread waits for, and returns TRUE, so the process lives on while the main
+ * thread stops the server (StopServer). A second Ctrl+C ends the process at once. */
 static BOOL WINAPI CtrlHandler(DWORD ctrlType)
 {
-    BOOL woken = TRUE;
+    LONG before;
 
+    /* Closing the console window, End task: the default handler's ExitProcess can hang while a
+       thread is blocked writing stdout (common/ErrorHandling.h); the system ends the process a
+       few seconds later anyway. As the second Ctrl+C: at once.
+       (learn.microsoft.com/windows/console/ctrl-close-signal) */
+    if (ctrlType == CTRL_CLOSE_EVENT)
+        EndProcessNow();
     if (ctrlType != CTRL_C_EVENT && ctrlType != CTRL_BREAK_EVENT)
         return FALSE;
     EndAtSecondCtrlC(); /* the stop is blocked or slow, and the user means it: now */
-    InterlockedExchange(&g_stopping, TRUE);
-    AcquireSRWLockExclusive(&g_portLock);
-    if (g_servPort != 0) /* 0: the main thread is not accepting (yet, or any more) */
-        woken = WakeAccept(g_servPort);
-    ReleaseSRWLockExclusive(&g_portLock);
-    if (!woken)
-        EndProcessNow();
+    before = InterlockedExchange(&g_state, STOPPING);
+    if (before == SERVING)
+        SetEvent(g_hStopEvent);
     return TRUE;
 }
 
@@ -190,7 +166,7 @@ static SOCKET OpenListenSocket(unsigned short port)
     hServSock = WSASocketW(PF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (hServSock == INVALID_SOCKET)
         ErrorHandling("WSASocketW()");
-    /* Left blocking, unlike the notes' loop: the main thread does nothing but wait in accept(). */
+    /* ServeClients' WSAEventSelect makes it non-blocking: the main thread waits on events instead. */
 
     memset(&servAdr, 0, sizeof(servAdr));
     servAdr.sin_family = AF_INET;
@@ -369,9 +345,9 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
     }
 }
 
-/* Waits in accept() for one client and hands it to the port, or closes it at once when the
- * server is full. */
-static void AcceptClient(SOCKET hServSock, SERVER *server)
+/* Accepts one waiting client and hands it to the port, or closes it at once when the server is
+ * full. After an accept() failure that would repeat, sets *paused: the caller pauses accepting. */
+static void AcceptClient(SOCKET hServSock, SERVER *server, BOOL *paused)
 {
     SOCKET hClntSock;
     SOCKADDR_IN clntAdr;
@@ -381,15 +357,13 @@ static void AcceptClient(SOCKET hServSock, SERVER *server)
     hClntSock = accept(hServSock, (SOCKADDR *)&clntAdr, &adrSz);
     if (hClntSock == INVALID_SOCKET) {
         int err = WSAGetLastError();
+        if (err == WSAEWOULDBLOCK)
+            return; /* nobody waits after all */
         ReportError("accept()", err);
         /* A connection reset in the backlog (10054; 10057 under Wine) concerns that one: go on.
            Anything else (out of sockets or memory) would fail again at once: wait, not spin. */
         if (err != WSAECONNRESET && err != WSAENOTCONN)
-            Sleep(ACCEPT_BACKOFF_MS);
-        return;
-    }
-    if (g_stopping) { /* CtrlHandler's wake-up call (or a client just too late): not served */
-        closesocket(hClntSock);
+            *paused = TRUE;
         return;
     }
     server->numAccepted++; /* only this thread counts accepts (and reads them, after the join) */
@@ -397,6 +371,15 @@ static void AcceptClient(SOCKET hServSock, SERVER *server)
         char peer[64];
         FormatAddress(&clntAdr, peer, sizeof(peer));
         LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, peer);
+        closesocket(hClntSock);
+        InterlockedIncrement64(&server->numClosed);
+        return;
+    }
+    /* The accepted socket inherits the listener's WSAEventSelect (docs: accept). Its I/O goes to
+       the port only: cancel that selection. (The non-blocking mode it inherits does not matter:
+       an overlapped call always returns at once.) */
+    if (WSAEventSelect(hClntSock, NULL, 0) == SOCKET_ERROR) {
+        ReportError("WSAEventSelect()", WSAGetLastError());
         closesocket(hClntSock);
         InterlockedIncrement64(&server->numClosed);
         return;
@@ -559,28 +542,57 @@ static void StopServer(SERVER *server)
     DeleteCriticalSection(&server->lock);
 }
 
+/* The main thread waits for a client or Ctrl+C, whichever comes first: one wait on two events,
+ * so that the Ctrl+C handler only has to set one (a blocking accept() would need waking, and the
+ * handler must not block). After a failure that would repeat, it waits ACCEPT_BACKOFF_MS for
+ * Ctrl+C only, then tries accept() even with the event unset: Wine 8 does not set FD_ACCEPT again
+ * after a failed accept() while clients still wait (measured in 03). */
+static void AcceptUntilStop(SOCKET hServSock, WSAEVENT hAcceptEvent, SERVER *server)
+{
+    WSAEVENT events[2];
+    BOOL paused = FALSE;
+    WSANETWORKEVENTS netEvents;
+
+    events[0] = g_hStopEvent; /* first: with both set, the wait names the lower index */
+    events[1] = hAcceptEvent;
+    for (;;) {
+        DWORD which = WSAWaitForMultipleEvents(paused ? 1 : 2, events, FALSE,
+                                               paused ? ACCEPT_BACKOFF_MS : WSA_INFINITE, FALSE);
+        if (which == WSA_WAIT_EVENT_0)
+            return;
+        if (which == WSA_WAIT_FAILED)
+            ErrorHandling("WSAWaitForMultipleEvents()"); /* only a bad handle, a bug */
+        /* Resets the event; accept() re-arms FD_ACCEPT, so it is set again while more wait. */
+        if (WSAEnumNetworkEvents(hServSock, hAcceptEvent, &netEvents) == SOCKET_ERROR)
+            ErrorHandling("WSAEnumNetworkEvents()");
+        paused = FALSE;
+        AcceptClient(hServSock, server, &paused);
+    }
+}
+
 /* The main thread accepts; the workers do every client's I/O. Returns after Ctrl+C, once the
  * server has stopped, with the last line. */
 static void ServeClients(SOCKET hServSock)
 {
     SERVER server;
-    SOCKADDR_IN servAdr;
-    int adrSz = sizeof(servAdr);
+    WSAEVENT hAcceptEvent;
 
     StartServer(&server);
-    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
-        ErrorHandling("getsockname()");
-    /* Under the lock: a Ctrl+C either finds the port and wakes accept(), or came first and the
-       loop never starts; and it never connects to a socket closed under it. */
-    AcquireSRWLockExclusive(&g_portLock);
-    g_servPort = ntohs(servAdr.sin_port);
-    ReleaseSRWLockExclusive(&g_portLock);
-    while (!g_stopping)
-        AcceptClient(hServSock, &server);
-    AcquireSRWLockExclusive(&g_portLock);
-    g_servPort = 0;
-    ReleaseSRWLockExclusive(&g_portLock);
+    /* FD_ACCEPT sets hAcceptEvent while a client waits; it also makes hServSock non-blocking. */
+    hAcceptEvent = WSACreateEvent();
+    if (hAcceptEvent == WSA_INVALID_EVENT)
+        ErrorHandling("WSACreateEvent()");
+    if (WSAEventSelect(hServSock, hAcceptEvent, FD_ACCEPT) == SOCKET_ERROR)
+        ErrorHandling("WSAEventSelect()");
+    g_hStopEvent = CreateEvent(NULL, TRUE, FALSE, NULL);
+    if (g_hStopEvent == NULL)
+        ErrorHandlingCode("CreateEvent()", GetLastError());
+    /* A Ctrl+C before this line found STARTING and set no event: then the loop never starts. */
+    if (InterlockedCompareExchange(&g_state, SERVING, STARTING) == STARTING)
+        AcceptUntilStop(hServSock, hAcceptEvent, &server);
+    CloseHandle(g_hStopEvent);
     closesocket(hServSock); /* only this thread used it */
+    WSACloseEvent(hAcceptEvent);
     StopServer(&server);
     LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
             (long long)server.numAccepted, (long long)server.numClosed,
