@@ -1428,8 +1428,11 @@ CLIENT_TESTS = [
 # ============================================================================ the stages
 def test_experiment(exp):
     """One lesson's experiment in its short form: the variant past the README's threshold, the
-    stage not (a "bug" that stops failing fails this test)."""
-    def test(t):
+    stage not (a "bug" that stops failing fails this test). Measured at most twice: these are
+    measurements of time, CPU and memory on a shared machine, and a burst of load elsewhere can
+    starve one run (seen: 02's two lessons, while other jobs loaded both cores). A lesson that
+    really stopped failing, or a stage that really fails, is wrong on both attempts."""
+    def attempt(t):
         exe_dir = os.path.dirname(os.path.dirname(t.server_exe))
         results = experiments.run(exp, short=True, exe_dir=exe_dir)
         (variant_title, variant), (stage_title, stage) = list(results.items())
@@ -1437,12 +1440,20 @@ def test_experiment(exp):
             "%s %s" % (label, cell(f)) for label, cell in exp.rows[1:]))
             for title, f in results.items())
         if not exp.broken(variant):
-            raise Fail("%s no longer shows its failure (%s): %s" % (variant_title, exp.threshold,
-                                                                    shown))
+            return shown, "%s no longer shows its failure (%s)" % (variant_title, exp.threshold)
         if exp.broken(stage):
-            raise Fail("%s fails the lesson's measurement (%s): %s" % (stage_title, exp.threshold,
-                                                                       shown))
-        return shown
+            return shown, "%s fails the lesson's measurement (%s)" % (stage_title, exp.threshold)
+        return shown, None
+
+    def test(t):
+        shown, wrong = attempt(t)
+        if wrong is None:
+            return shown
+        first = "%s: %s" % (wrong, shown)
+        shown, wrong = attempt(t)
+        if wrong is not None:
+            raise Fail("%s: %s (first attempt: %s)" % (wrong, shown, first))
+        return "%s (second attempt; the first: %s)" % (shown, first)
     return test
 
 
