@@ -48,6 +48,11 @@
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)
  */
+/* Declare what Windows Vista added (GetTickCount64, CancelIoEx, SRW locks, WSAPoll): an older
+ * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows XP unless told, and would leave them undeclared. */
+#ifndef _WIN32_WINNT
+#define _WIN32_WINNT 0x0600
+#endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
@@ -448,12 +453,16 @@ static void NoteStopFailure(STOP_FAILURES *failures, const char *call, int err)
 /* Ends a session's I/O for the stop: shutdown first, so that any post made after this fails at
  * once (10058): the cancel holds even against a worker posting the next I/O right now; then
  * CancelIoEx for what is pending now (995). The caller holds the server's lock. Expected
- * failures: shutdown on a client that has just gone (WSAENOTCONN), the cancel with nothing
- * pending (ERROR_NOT_FOUND); anything else is noted. */
+ * failures: shutdown on a client that has just gone (WSAENOTCONN; WSAECONNRESET or
+ * WSAECONNABORTED if it reset), the cancel with nothing pending (ERROR_NOT_FOUND); anything else
+ * is noted. */
 static void CancelForStop(SOCKET hSock, STOP_FAILURES *failures)
 {
-    if (shutdown(hSock, SD_BOTH) == SOCKET_ERROR && WSAGetLastError() != WSAENOTCONN)
-        NoteStopFailure(failures, "shutdown()", WSAGetLastError());
+    if (shutdown(hSock, SD_BOTH) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSAENOTCONN && err != WSAECONNRESET && err != WSAECONNABORTED)
+            NoteStopFailure(failures, "shutdown()", err);
+    }
     if (!CancelIoEx((HANDLE)hSock, NULL) && GetLastError() != ERROR_NOT_FOUND)
         NoteStopFailure(failures, "CancelIoEx()", (int)GetLastError());
 }

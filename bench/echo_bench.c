@@ -15,6 +15,11 @@
  *            cl /W4 /O2 echo_bench.c ws2_32.lib
  */
 #ifdef _WIN32
+/* Declare what Windows Vista added (GetTickCount64, CancelIoEx, SRW locks, WSAPoll): an older
+ * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows XP unless told, and would leave them undeclared. */
+#ifndef _WIN32_WINNT
+#define _WIN32_WINNT 0x0600
+#endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>

@@ -194,8 +194,8 @@ static inline void QuickEditOff(void)
         CloseHandle(hConsole); /* nothing to turn off, or it cannot be: the server runs anyway */
         return;
     }
-    quickEditConsole = hConsole;
-    quickEditSavedMode = mode;
+    quickEditSavedMode = mode; /* before the handle is published: a Ctrl+C may restore at once */
+    InterlockedExchangePointer((PVOID volatile *)&quickEditConsole, hConsole);
     atexit(QuickEditRestore); /* return from main, exit(); EndProcessNow restores it itself */
 }
 

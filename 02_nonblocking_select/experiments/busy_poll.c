@@ -45,6 +45,11 @@
  * Run:   EchoServ_win.exe <port>      (0 picks a free port)
  */
 #define FD_SETSIZE 64 /* the default, spelled out: must come before winsock2.h to change it */
+/* Declare what Windows Vista added (GetTickCount64, CancelIoEx, SRW locks, WSAPoll): an older
+ * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows XP unless told, and would leave them undeclared. */
+#ifndef _WIN32_WINNT
+#define _WIN32_WINNT 0x0600
+#endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
