@@ -83,9 +83,13 @@
  * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)
  */
 /* Declare what Windows Vista added (GetTickCount64, CancelIoEx, SRW locks, WSAPoll): an older
- * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows XP unless told, and would leave them undeclared. */
+ * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows Server 2003 (0x0502) unless told, and would
+ * leave them undeclared. */
 #ifndef _WIN32_WINNT
 #define _WIN32_WINNT 0x0600
+#endif
+#if _WIN32_WINNT < 0x0600
+#error "build for Windows Vista or later: _WIN32_WINNT 0x0600 or more"
 #endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
