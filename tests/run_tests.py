@@ -68,6 +68,7 @@ old_mingw_default (every Windows source defines _WIN32_WINNT, and compiles witho
 it defaults to Windows Server 2003),
 workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
+readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
@@ -553,6 +554,58 @@ def test_workflow_lint():
     if proc.returncode != 0:
         raise Fail("actionlint, exit code %d: %s" % (proc.returncode, out[-800:]))
     return out.splitlines()[-1] if out else ""
+
+
+def test_readme_diff_table(stages):
+    """The adjacent diff sizes that README.md's table and README.ko.md's sentence state are the
+    current ones: `diff a b`'s changed lines (+ and -), and of them the header comment's (the same
+    count over each file's opening comment, down to its first " */" line). A change to a stage
+    must update them; the failure gives the figures to write."""
+    diff = shutil.which("diff")
+    if diff is None:
+        raise Skip("no diff program")
+    import tempfile
+
+    def changed(a, b):
+        out = subprocess.run([diff, a, b], stdout=subprocess.PIPE, timeout=30).stdout
+        lines = out.decode("utf-8", "replace").splitlines()
+        return (sum(1 for line in lines if line.startswith("> ")),
+                sum(1 for line in lines if line.startswith("< ")))
+
+    def header(path, folder):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read().splitlines(True)
+        end = next(i for i, line in enumerate(text) if line.startswith(" */"))
+        copy = os.path.join(folder, os.path.basename(os.path.dirname(path)))
+        with open(copy, "w", encoding="utf-8") as f:
+            f.writelines(text[:end + 1])
+        return copy
+
+    names = [stage.name for stage in stages if not stage.native]
+    measured = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for a, b in zip(names, names[1:]):
+            fa, fb = (os.path.join(REPO, name, "EchoServ_win.c") for name in (a, b))
+            plus, minus = changed(fa, fb)
+            measured[(a[:2], b[:2])] = (plus + minus, plus, minus,
+                                        sum(changed(header(fa, folder), header(fb, folder))))
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        english = {(m[0], m[1]): tuple(int(x) for x in m[2:]) for m in re.findall(
+            r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|", f.read())}
+    with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
+        korean = {(m[0], m[1]): (int(m[2]), int(m[3])) for m in re.findall(
+            r"(\d\d)→(\d\d) (\d+)\((\d+)\)", f.read())}
+    wrong = []
+    for pair, (total, plus, minus, head) in sorted(measured.items()):
+        if english.get(pair) != (total, plus, minus, head):
+            wrong.append("README.md %s → %s: %s, now | %d (+%d −%d) | %d |" % (
+                pair + (english.get(pair), total, plus, minus, head)))
+        if korean.get(pair) != (total, head):
+            wrong.append("README.ko.md %s→%s: %s, now %d(%d)" % (pair + (korean.get(pair),
+                                                                      total, head)))
+    if wrong:
+        raise Fail("the diff sizes the READMEs state are out of date: " + "; ".join(wrong))
+    return ", ".join("%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items()))
 
 
 def test_msvc_flags_match():
@@ -1829,6 +1882,10 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_workflow_lint)
             results.report(verdict, "workflow_lint", time.monotonic() - t0, detail)
+        if selected("readme_diff_table", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_readme_diff_table, STAGES)
+            results.report(verdict, "readme_diff_table", time.monotonic() - t0, detail)
         if selected("msvc_flags_match", args.k):
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_msvc_flags_match)
