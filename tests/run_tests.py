@@ -69,6 +69,7 @@ it defaults to Windows Server 2003),
 workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
 readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes),
+name_map_current (every code name in README.ko.md's map from the notes' names still exists),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
@@ -606,6 +607,43 @@ def test_readme_diff_table(stages):
     if wrong:
         raise Fail("the diff sizes the READMEs state are out of date: " + "; ".join(wrong))
     return ", ".join("%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items()))
+
+
+def test_name_map_current():
+    """Every code name in README.ko.md's map from the notes' names to this repository's ("이
+    저장소" column) still exists: in a stage's sources, a variant, common/, or as a folder. Checked
+    are the names a reader would search for (with a capital or an underscore, called, or a field); the
+    rows about the notes' misspellings name the real API, not ours, and are left out."""
+    with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.find("## 노트의 이름 → 이 저장소의 이름")
+    if start < 0:
+        raise Fail("README.ko.md has no '노트의 이름 → 이 저장소의 이름' part")
+    end = text.find("\n## ", start + 1)
+    part = text[start:end if end > 0 else len(text)]
+    words = set(os.listdir(REPO))
+    for path in (glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
+                 glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")) +
+                 glob.glob(os.path.join(REPO, "common", "*.h"))):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            words.update(re.findall(r"[A-Za-z_]\w*", f.read()))
+    rows, missing = 0, []
+    for line in part.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not line.startswith("| ") or cells[0] == "노트의 이름" or "오타" in line:
+            continue
+        rows += 1
+        for code in re.findall(r"`([^`]+)`", cells[2]):
+            for name in re.findall(r"[A-Za-z_]\w*", code):
+                called = re.search(re.escape(name) + r"\s*\(", code)
+                field = re.search(r"(\.|->)" + re.escape(name) + r"\b", code)
+                if (re.search(r"[A-Z_]", name) or called or field) and name not in words:
+                    missing.append("%s (row %s)" % (name, cells[0]))
+    if not rows:
+        raise Fail("README.ko.md's name map has no rows")
+    if missing:
+        raise Fail("README.ko.md's name map names what the code no longer has: " + ", ".join(missing))
+    return "%d rows, every name found" % rows
 
 
 def test_msvc_flags_match():
@@ -1882,6 +1920,10 @@ def main():
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_workflow_lint)
             results.report(verdict, "workflow_lint", time.monotonic() - t0, detail)
+        if selected("name_map_current", args.k):
+            t0 = time.monotonic()
+            verdict, detail = run_guarded(test_name_map_current)
+            results.report(verdict, "name_map_current", time.monotonic() - t0, detail)
         if selected("readme_diff_table", args.k):
             t0 = time.monotonic()
             verdict, detail = run_guarded(test_readme_diff_table, STAGES)
