@@ -611,9 +611,9 @@ def test_readme_diff_table(stages):
 
 def test_name_map_current():
     """Every code name in README.ko.md's map from the notes' names to this repository's ("이
-    저장소" column) still exists: in a stage's sources, a variant, common/, or as a folder. Checked
-    are the names a reader would search for (with a capital or an underscore, called, or a field); the
-    rows about the notes' misspellings name the real API, not ours, and are left out."""
+    저장소" column) still exists: in a stage's sources, a variant, common/, or as a folder.
+    Checked are the names a reader would search for (with a capital or an underscore, called, or
+    a field); the rows about the notes' misspellings name the real API, not ours: left out."""
     with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
         text = f.read()
     start = text.find("## 노트의 이름 → 이 저장소의 이름")
