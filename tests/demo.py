@@ -67,9 +67,12 @@ def stop_server(server):
 
 
 def main():
-    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
-        sys.exit("Usage: python3 tests/demo.py <stage folder, e.g. 01_blocking>")
-    stage = sys.argv[1].rstrip("/\\")
+    stage = sys.argv[1].rstrip("/\\") if len(sys.argv) == 2 else ""
+    if not os.path.isfile(os.path.join(stage, "EchoServ_win.c")):
+        stages = sorted(name for name in os.listdir(".")
+                        if os.path.isfile(os.path.join(name, "EchoServ_win.c")))
+        sys.exit("Usage: python3 tests/demo.py <stage folder>   (make -f Makefile.win demo STAGE=...)\n"
+                 "%s is not a stage; the stages: %s" % (stage or "(none)", ", ".join(stages)))
     os.environ.setdefault("WINEDEBUG", "-all")
     server, port = start_server(stage)
     client = launcher() + [os.path.join(stage, "StableEchoClnt_win.exe"), "127.0.0.1", str(port)]
@@ -77,6 +80,7 @@ def main():
         if sys.stdin.isatty():
             code = subprocess.call(client)
         else:
+            print("(no terminal to type at: the demo sends its own sample lines)", flush=True)
             code = subprocess.run(client, input=SAMPLE_INPUT).returncode
         print("\nclient exited with code %d; stopping the server with Ctrl+C" % code, flush=True)
     except KeyboardInterrupt:  # Ctrl+C at the terminal: it has ended the client as well
