@@ -67,12 +67,17 @@ def stop_server(server):
 
 
 def main():
-    stage = sys.argv[1].rstrip("/\\") if len(sys.argv) == 2 else ""
-    if not os.path.isfile(os.path.join(stage, "EchoServ_win.c")):
-        stages = sorted(name for name in os.listdir(".")
-                        if os.path.isfile(os.path.join(name, "EchoServ_win.c")))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = os.path.basename(sys.argv[1].rstrip("/\\")) if len(sys.argv) == 2 else ""
+    stage = os.path.join(root, name)
+    if not name or not os.path.isfile(os.path.join(stage, "EchoServ_win.c")):
+        stages = sorted(folder for folder in os.listdir(root)
+                        if os.path.isfile(os.path.join(root, folder, "EchoServ_win.c")))
         sys.exit("Usage: python3 tests/demo.py <stage folder>   (make -f Makefile.win demo STAGE=...)\n"
-                 "%s is not a stage; the stages: %s" % (stage or "(none)", ", ".join(stages)))
+                 "%s is not a stage; the stages: %s" % (name or "(none)", ", ".join(stages)))
+    for program in ("EchoServ_win.exe", "StableEchoClnt_win.exe"):
+        if not os.path.isfile(os.path.join(stage, program)):
+            sys.exit("%s is not built: make -f Makefile.win %s" % (os.path.join(name, program), name))
     os.environ.setdefault("WINEDEBUG", "-all")
     server, port = start_server(stage)
     client = launcher() + [os.path.join(stage, "StableEchoClnt_win.exe"), "127.0.0.1", str(port)]

@@ -576,7 +576,9 @@ def test_readme_diff_table(stages):
     def header(path, folder):
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read().splitlines(True)
-        end = next(i for i, line in enumerate(text) if line.startswith(" */"))
+        end = next((i for i, line in enumerate(text) if line.startswith(" */")), None)
+        if end is None:
+            raise Fail("%s: no header comment ending in a \" */\" line" % os.path.relpath(path, REPO))
         copy = os.path.join(folder, os.path.basename(os.path.dirname(path)))
         with open(copy, "w", encoding="utf-8") as f:
             f.writelines(text[:end + 1])
@@ -590,12 +592,18 @@ def test_readme_diff_table(stages):
             plus, minus = changed(fa, fb)
             measured[(a[:2], b[:2])] = (plus + minus, plus, minus,
                                         sum(changed(header(fa, folder), header(fb, folder))))
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        english = {(m[0], m[1]): tuple(int(x) for x in m[2:]) for m in re.findall(
-            r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|", f.read())}
-    with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
-        korean = {(m[0], m[1]): (int(m[2]), int(m[3])) for m in re.findall(
-            r"(\d\d)→(\d\d) (\d+)\((\d+)\)", f.read())}
+    def stated(readme, pattern):
+        """{(from, to): figures}; a pair stated twice is itself out of date."""
+        with open(os.path.join(REPO, readme), encoding="utf-8") as f:
+            found = re.findall(pattern, f.read())
+        pairs = [(m[0], m[1]) for m in found]
+        twice = sorted({pair for pair in pairs if pairs.count(pair) > 1})
+        if twice:
+            raise Fail("%s states these diffs more than once: %s" % (readme, twice))
+        return {(m[0], m[1]): tuple(int(x) for x in m[2:]) for m in found}
+
+    english = stated("README.md", r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|")
+    korean = stated("README.ko.md", r"(\d\d)→(\d\d)\s+(\d+)\((\d+)\)")
     wrong = []
     for pair, (total, plus, minus, head) in sorted(measured.items()):
         if english.get(pair) != (total, plus, minus, head):
@@ -634,6 +642,10 @@ def test_name_map_current():
             continue
         rows += 1
         for code in re.findall(r"`([^`]+)`", cells[2]):
+            if "/" in code and " " not in code:  # a path: it must exist
+                if not os.path.exists(os.path.join(REPO, code)):
+                    missing.append("%s (row %s)" % (code, cells[0]))
+                continue
             for name in re.findall(r"[A-Za-z_]\w*", code):
                 called = re.search(re.escape(name) + r"\s*\(", code)
                 field = re.search(r"(\.|->)" + re.escape(name) + r"\b", code)
