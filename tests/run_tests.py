@@ -75,7 +75,8 @@ bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s agains
 and crosscheck_smoke (bench/crosscheck --smoke: echo_bench and bench/xclient.py, 1 s each).
 
 Every wait is bounded and waits for a condition (a log line, a byte, EOF); the only sleeps are
-measuring windows (under_load) or a hold that a correct server passes at any length (half_close).
+measuring windows (under_load) or a hold that a correct server passes at any length (half_close,
+and how long a shortage or an unread pipe lasts in fd_shortage, accept_shortage, unread_stdout).
 """
 import argparse
 import glob
@@ -467,15 +468,24 @@ def windows_source_lines(text):
 LINUX_ONLY_SOURCES = ("bare_epoll_echo.c",)
 
 
+def windows_sources(headers=True, bench=True):
+    """Every stage's and variant's .c file; with headers, common/*.h; with bench, bench/'s
+    Windows sources (not the Linux-only ones)."""
+    paths = (glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
+             glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")))
+    if headers:
+        paths += glob.glob(os.path.join(REPO, "common", "*.h"))
+    if bench:
+        paths += [c for c in glob.glob(os.path.join(REPO, "bench", "*.c"))
+                  if os.path.basename(c) not in LINUX_ONLY_SOURCES]
+    return sorted(paths)
+
+
 def test_no_deprecated_names():
     """No stage, common/ or bench/ calls a function MSVC warns C4996 about (see DEPRECATED_NAMES)."""
     kinds = {name: kind for kind, names in DEPRECATED_NAMES.items() for name in names.split()}
     call = re.compile(r"(?<![\w.>])(%s)\s*\(" % "|".join(sorted(kinds, key=len, reverse=True)))
-    paths = sorted(glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
-                   glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")) +
-                   glob.glob(os.path.join(REPO, "common", "*.h")) +
-                   [c for c in glob.glob(os.path.join(REPO, "bench", "*.c"))
-                    if os.path.basename(c) not in LINUX_ONLY_SOURCES])
+    paths = windows_sources()
     found = []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -498,11 +508,7 @@ def test_old_mingw_default():
     gcc = shutil.which("x86_64-w64-mingw32-gcc")
     if gcc is None:
         raise Skip("x86_64-w64-mingw32-gcc is not installed")
-    paths = sorted(glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
-                   glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")) +
-                   [c for c in glob.glob(os.path.join(REPO, "bench", "*.c"))
-                    if os.path.basename(c) not in LINUX_ONLY_SOURCES])
-
+    paths = windows_sources(headers=False)
     missing = []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -630,9 +636,7 @@ def test_name_map_current():
     end = text.find("\n## ", start + 1)
     part = text[start:end if end > 0 else len(text)]
     words = set(os.listdir(REPO))
-    for path in (glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
-                 glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")) +
-                 glob.glob(os.path.join(REPO, "common", "*.h"))):
+    for path in windows_sources(bench=False):
         with open(path, encoding="utf-8", errors="replace") as f:
             words.update(re.findall(r"[A-Za-z_]\w*", f.read()))
     rows, missing = 0, []
@@ -1772,6 +1776,19 @@ TESTS = [
      for exp in experiments.EXPERIMENTS]
 
 
+# Run once, not per stage: (name, function, its arguments).
+ONCE_TESTS = [
+    ("clients_identical", test_clients_identical, (STAGES,)),
+    ("no_deprecated_names", test_no_deprecated_names, ()),
+    ("old_mingw_default", test_old_mingw_default, ()),
+    ("workflow_lint", test_workflow_lint, ()),
+    ("name_map_current", test_name_map_current, ()),
+    ("readme_diff_table", test_readme_diff_table, (STAGES,)),
+    ("msvc_flags_match", test_msvc_flags_match, ()),
+    ("experiment_budgets", test_experiment_budgets, (STAGES,)),
+]
+
+
 # ============================================================================ main
 class Results:
     def __init__(self):
@@ -1919,38 +1936,11 @@ def main():
     # the client tests drive the stages' Windows client once, and the appendix's native one
     client_stages = [s for s in stages if not s.native][:1] + [s for s in stages if s.native]
     try:
-        if selected("clients_identical", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_clients_identical, STAGES)
-            results.report(verdict, "clients_identical", time.monotonic() - t0, detail)
-        if selected("no_deprecated_names", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_no_deprecated_names)
-            results.report(verdict, "no_deprecated_names", time.monotonic() - t0, detail)
-        if selected("old_mingw_default", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_old_mingw_default)
-            results.report(verdict, "old_mingw_default", time.monotonic() - t0, detail)
-        if selected("workflow_lint", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_workflow_lint)
-            results.report(verdict, "workflow_lint", time.monotonic() - t0, detail)
-        if selected("name_map_current", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_name_map_current)
-            results.report(verdict, "name_map_current", time.monotonic() - t0, detail)
-        if selected("readme_diff_table", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_readme_diff_table, STAGES)
-            results.report(verdict, "readme_diff_table", time.monotonic() - t0, detail)
-        if selected("msvc_flags_match", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_msvc_flags_match)
-            results.report(verdict, "msvc_flags_match", time.monotonic() - t0, detail)
-        if selected("experiment_budgets", args.k):
-            t0 = time.monotonic()
-            verdict, detail = run_guarded(test_experiment_budgets, STAGES)
-            results.report(verdict, "experiment_budgets", time.monotonic() - t0, detail)
+        for name, function, function_args in ONCE_TESTS:
+            if selected(name, args.k):
+                t0 = time.monotonic()
+                verdict, detail = run_guarded(function, *function_args)
+                results.report(verdict, name, time.monotonic() - t0, detail)
         for client_stage in client_stages:  # the client is the same in every Windows stage
             for name, function in CLIENT_TESTS:
                 if client_stage.native:
