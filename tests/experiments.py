@@ -111,7 +111,10 @@ def measure_listen5(exe, short):
 def measure_busy_poll(exe, short):
     """CPU seconds per second of wall time with a few idle clients: the server's own, and the
     server's plus the wineserver's (under Wine every socket call the spinning loop makes is a
-    request to the wineserver, which does half of the work; on a busy machine the split varies)."""
+    request to the wineserver, which does half of the work; on a busy machine the split varies).
+    The threshold reads the server's own time only: the wineserver serves every Wine process of
+    the prefix, and once, on a clean run, it was busy for another one (1.00 CPU s per s during the
+    stage's window, right after the variant's), which no change to the stage could explain."""
     if ON_WINDOWS:
         raise Skip("the CPU time is read from Linux's /proc (on Windows: Task Manager)")
     window = 1.5 if short else 3.0
@@ -442,8 +445,8 @@ EXPERIMENTS = [
          ("server CPU s per wall s", lambda f: "%.2f" % f["cpu"]),
          ("server + wineserver CPU s per wall s", lambda f: "%.2f" % f["total"]
           if f["wineserver"] else "(no wineserver found)")],
-        lambda f: f["total"] >= 0.3,
-        "the server (with its wineserver) uses at least 0.3 CPU s per second of wall time"),
+        lambda f: f["cpu"] >= 0.1,
+        "the server itself uses at least 0.1 CPU s per second of wall time"),
     Experiment(
         "02_nonblocking_select", "no_backpressure",
         "reads a client that does not read its echo and buffers it all: memory grows",
