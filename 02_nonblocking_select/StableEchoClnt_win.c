@@ -136,7 +136,6 @@ static SOCKET ConnectToServer(const char *ip, const char *port)
     }
     freeaddrinfo(result);
     ErrorHandlingCode("connect()", (DWORD)err);
-    return INVALID_SOCKET; /* not reached */
 }
 
 /* send() may take fewer bytes than asked: loop until every byte is out. */

@@ -340,7 +340,7 @@ static DWORD WINAPI IoThreadMain(LPVOID param)
 }
 
 /* The main thread accepts; the I/O thread does every client's I/O. Never returns. */
-static void ServeClients(SOCKET hServSock)
+NO_RETURN static void ServeClients(SOCKET hServSock)
 {
     volatile LONG numSessions = 0; /* raised by AcceptClient, lowered by CloseSession */
     HANDLE hIoThread = CreateThread(NULL, 0, IoThreadMain, NULL, 0, NULL);
@@ -366,9 +366,5 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock);
-
-    closesocket(hServSock);
-    WSACleanup();
-    return 0;
+    ServeClients(hServSock); /* never returns: Ctrl+C ends the process (Windows closes its sockets) */
 }

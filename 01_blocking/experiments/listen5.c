@@ -165,7 +165,7 @@ static void EchoClient(SOCKET hClntSock)
 }
 
 /* Accepts one client at a time and echoes it until it leaves. Never returns. */
-static void ServeClients(SOCKET hServSock)
+NO_RETURN static void ServeClients(SOCKET hServSock)
 {
     for (;;) {
         SOCKET hClntSock;
@@ -208,9 +208,5 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock);
-
-    closesocket(hServSock);
-    WSACleanup();
-    return 0;
+    ServeClients(hServSock); /* never returns: Ctrl+C ends the process (Windows closes its sockets) */
 }

@@ -242,7 +242,7 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
 }
 
 /* The select() loop: one thread, every client. Never returns. */
-static void ServeClients(SOCKET hServSock)
+NO_RETURN static void ServeClients(SOCKET hServSock)
 {
     SESSION *sessions[MAX_CLIENTS];
     int numSessions = 0, i;
@@ -303,9 +303,5 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock);
-
-    closesocket(hServSock);
-    WSACleanup();
-    return 0;
+    ServeClients(hServSock); /* never returns: Ctrl+C ends the process (Windows closes its sockets) */
 }

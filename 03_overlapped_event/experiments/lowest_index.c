@@ -341,7 +341,7 @@ static BOOL IsSignalled(WSAEVENT hEvent)
 }
 
 /* The event loop: one thread, every client. Never returns. */
-static void ServeClients(SOCKET hServSock)
+NO_RETURN static void ServeClients(SOCKET hServSock)
 {
     SESSION *sessions[MAX_CLIENTS];
     int numSessions = 0, i;
@@ -409,9 +409,5 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock);
-
-    closesocket(hServSock);
-    WSACleanup();
-    return 0;
+    ServeClients(hServSock); /* never returns: Ctrl+C ends the process (Windows closes its sockets) */
 }

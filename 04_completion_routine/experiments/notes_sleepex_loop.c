@@ -343,7 +343,7 @@ static void AcceptClient(SOCKET hServSock, HANDLE hIoThread, volatile LONG *numS
 }
 
 /* THE LESSON: the notes' loop. One thread accepts and runs every routine. Never returns. */
-static void ServeClients(SOCKET hServSock)
+NO_RETURN static void ServeClients(SOCKET hServSock)
 {
     volatile LONG numSessions = 0; /* raised by AcceptClient, lowered by CloseSession */
     u_long nonBlocking = 1;
@@ -371,9 +371,5 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock);
-
-    closesocket(hServSock);
-    WSACleanup();
-    return 0;
+    ServeClients(hServSock); /* never returns: Ctrl+C ends the process (Windows closes its sockets) */
 }
