@@ -28,7 +28,9 @@
  *     written by SIGINT's handler; a signalfd), so the loop sees them like any other event and
  *     stops gracefully: it closes every session and prints the stages' Shutdown line. A second
  *     Ctrl+C ends the process at once, as in the stages, even if the loop is stuck (a full stdout).
- *   - send() with MSG_NOSIGNAL: a client gone away is an EPIPE error, not a SIGPIPE that kills us.
+ *   - SIGPIPE is ignored: a write to a client gone away (send() has MSG_NOSIGNAL as well), or a
+ *     log line to a stdout whose reader went away (`| head`, a log collector that quit), fails
+ *     with EPIPE instead of killing the server and dropping every client.
  *
  * Build: cc -std=c11 -pedantic -Wall -Wextra -Wvla -O2 -o EchoServ_epoll EchoServ_epoll.c
  * Run:   ./EchoServ_epoll <port>      (0 picks a free port)
@@ -241,6 +243,20 @@ static int OpenCtrlCPipe(void)
     if (sigaction(SIGINT, &action, NULL) != 0)
         ErrorHandling("sigaction()");
     return fds[0];
+}
+
+/* SIGPIPE's default action ends the process at the first write to a pipe or socket whose reader
+ * has gone. A server would die of a closed stdout: ignored, such a write fails with EPIPE (a log
+ * line is lost; Windows, which has no SIGPIPE, fails the write the same way). */
+static void IgnoreSigPipe(void)
+{
+    struct sigaction action;
+
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = SIG_IGN;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGPIPE, &action, NULL) != 0)
+        ErrorHandling("sigaction()");
 }
 
 /* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
@@ -622,7 +638,10 @@ int main(int argc, char *argv[])
     unsigned short port = ParsePort(argc, argv);
     int hSignal = OpenSignalFd(); /* first: a signal right after "Listening" is already ours */
     int hCtrlC = OpenCtrlCPipe();
-    int hServSock = OpenListenSocket(port);
+    int hServSock;
+
+    IgnoreSigPipe(); /* before "Listening": its reader may already be gone */
+    hServSock = OpenListenSocket(port);
 
     StartServer(&server, hServSock, hSignal, hCtrlC);
     ServeClients(&server);

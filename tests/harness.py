@@ -50,7 +50,7 @@ _started = set()
 _started_lock = threading.Lock()
 
 
-def _track(proc):
+def track_process(proc):
     with _started_lock:
         _started.add(proc)
 
@@ -74,7 +74,7 @@ def run_program(exe, args, stdin=b"", timeout=30.0):
     Fails if it does not end within timeout (it is then killed)."""
     proc = subprocess.Popen(command(exe, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=CHILD_ENV)
-    _track(proc)
+    track_process(proc)
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -122,7 +122,7 @@ class Server:
         self.proc = subprocess.Popen(command(self.exe, self.args), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=CHILD_ENV, creationflags=flags)
-        _track(self.proc)
+        track_process(self.proc)
         self.open_streams = 2
         for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
             reader = threading.Thread(target=self._drain, args=(stream, pipe), daemon=True)

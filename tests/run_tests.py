@@ -54,6 +54,8 @@ each stage promises):
                      raised 1 s later: then 1,000 clients at once, all echoed within 10 s
   unread_stdout      (05-07) stdout a 4 KiB pipe left unread while clients connect, echo and
                      close: once read, a new client is echoed within 1 s, no cycle lost, A = C
+  closed_stdout      stdout's reader gone after "Listening": 3 clients still echoed, Ctrl+C
+                     ends it within 2 s (05-07, appendix: exit 0; the appendix died of SIGPIPE)
   stalled_stderr     (06) stderr full and unread while a session's accept fails: 20 clients
                      are still echoed (the failing thread holds no lock while it writes)
   experiment_NAME    each lesson's broken variant (NN_name/experiments/, tests/experiments.py) in
@@ -94,7 +96,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ON_WINDOWS, STOP_LIMIT, CHILD_ENV, ClientCount, EchoLoad, Fail,  # noqa: E402
-                     Server, Skip, Wineserver, command, connect,
+                     Server, Skip, Wineserver, command, connect, track_process,
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
@@ -1141,6 +1143,46 @@ def test_ctrl_c(t):
     return summary
 
 
+def test_closed_stdout(t):
+    """The server's stdout reader goes away (`| head`, a log collector that quits) right after
+    "Listening": every later log line has nowhere to go. The server must go on serving (three
+    clients, one after the other, echoed) and stop on Ctrl+C within 2 s (05-07 and the appendix:
+    exit 0). The appendix died here of SIGPIPE at its next log line (exit -13, every client
+    dropped); a Windows program's write fails instead, with no signal."""
+    flags = subprocess.CREATE_NEW_PROCESS_GROUP if ON_WINDOWS else 0
+    proc = subprocess.Popen(command(t.server_exe, ["0"]), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=CHILD_ENV,
+                            creationflags=flags)
+    track_process(proc)
+    first = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(30)
+    match = re.match(rb"Listening on port (\d+)\r?\n$", first[0]) if first else None
+    if match is None:
+        raise Fail("no 'Listening on port N' line within 30 s: %r" % first)
+    proc.stdout.close()  # the reader is gone: the next log line has nowhere to go
+    try:
+        for i in range(3):
+            with connect(int(match.group(1))) as sock:
+                echo_exact(sock, b"stdout closed, client %d\n" % (i + 1), 10,
+                           "client %d after stdout was closed" % (i + 1))
+        if proc.poll() is not None:
+            raise Fail("the server ended (exit code %s) with its clients served" % proc.returncode)
+        os.kill(proc.pid, signal.CTRL_BREAK_EVENT if ON_WINDOWS else signal.SIGINT)
+        try:
+            code = proc.wait(STOP_LIMIT)
+        except subprocess.TimeoutExpired:
+            raise Fail("still running %.0f s after Ctrl+C (killed)" % STOP_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if t.stage.graceful and code != 0:
+        raise Fail("exit code %s after Ctrl+C, not 0" % code)
+    return "3 clients echoed with stdout closed; Ctrl+C: exit code %s" % code
+
+
 def fd_count(pid):
     """How many descriptors process pid has open (Linux)."""
     return len(os.listdir("/proc/%d/fd" % pid))
@@ -1770,6 +1812,7 @@ TESTS = [
     ("unread_stdout", test_unread_stdout, lambda s: s.graceful),
     ("stalled_stderr", test_stalled_stderr,
      lambda s: (s.pooled_sessions > 0 and not s.socket_pool) or False),
+    ("closed_stdout", test_closed_stdout, lambda s: True),
     ("ctrl_c_twice", test_ctrl_c_twice, lambda s: True),
     ("ctrl_c_full_backlog", test_ctrl_c_full_backlog, lambda s: s.graceful),
 ] + [("experiment_" + exp.name, test_experiment(exp), lambda s, exp=exp: s.name == exp.stage)
