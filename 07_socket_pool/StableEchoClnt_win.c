@@ -151,8 +151,10 @@ static void SendAll(SOCKET hSocket, const char *buf, size_t len)
     }
 }
 
-/* Receives exactly len bytes: asks only for what is still missing; 0 or an error ends the client. */
-static void RecvExactly(SOCKET hSocket, char *buf, size_t len)
+/* Receives until len bytes are back, asking only for what is still missing. Returns how many came:
+ * fewer than len only when the server closed the connection first (recv() returned 0, no error).
+ * An error ends the client. */
+static size_t RecvExactly(SOCKET hSocket, char *buf, size_t len)
 {
     size_t readLen = 0;
 
@@ -161,11 +163,12 @@ static void RecvExactly(SOCKET hSocket, char *buf, size_t len)
         int chunk = missing > INT_MAX ? INT_MAX : (int)missing;
         int strLen = recv(hSocket, buf + readLen, chunk, 0);
         if (strLen == 0) /* the server closed before echoing everything */
-            ErrorHandlingCode("recv()", WSAEDISCON);
+            break;
         if (strLen == SOCKET_ERROR)
             ErrorHandling("recv()"); /* e.g. 10054: the server reset the connection */
         readLen += (size_t)strLen;
     }
+    return readLen;
 }
 
 /* Sends the line chunk by chunk, receiving each chunk's echo (into the same place) before the next
@@ -177,8 +180,15 @@ static void EchoLine(SOCKET hSocket, char *line, size_t len)
 
     while (done < len) {
         size_t chunk = len - done < CHUNK_SIZE ? len - done : CHUNK_SIZE;
+        size_t got;
+
         SendAll(hSocket, line + done, chunk);
-        RecvExactly(hSocket, line + done, chunk);
+        got = RecvExactly(hSocket, line + done, chunk);
+        if (got < chunk) { /* a clean close, not an error: there is no Windows error text to show */
+            fprintf(stderr, "Server closed the connection: %llu of %llu bytes of the line "
+                    "came back\n", (unsigned long long)(done + got), (unsigned long long)len);
+            exit(1);
+        }
         done += chunk;
     }
 }

@@ -145,15 +145,17 @@ static void SendAll(int hSocket, const char *buf, size_t len)
     }
 }
 
-/* Receives exactly len bytes: asks only for what is still missing; 0 or an error ends the client. */
-static void RecvExactly(int hSocket, char *buf, size_t len)
+/* Receives until len bytes are back, asking only for what is still missing. Returns how many came:
+ * fewer than len only when the server closed the connection first (recv() returned 0, no error).
+ * An error ends the client. */
+static size_t RecvExactly(int hSocket, char *buf, size_t len)
 {
     size_t readLen = 0;
 
     while (readLen < len) {
         ssize_t strLen = recv(hSocket, buf + readLen, len - readLen, 0);
         if (strLen == 0) /* the server closed before echoing everything */
-            ErrorHandlingCode("recv()", 0, "the server closed the connection before echoing it all");
+            break;
         if (strLen < 0) {
             if (errno == EINTR)
                 continue;
@@ -161,6 +163,7 @@ static void RecvExactly(int hSocket, char *buf, size_t len)
         }
         readLen += (size_t)strLen;
     }
+    return readLen;
 }
 
 /* Sends the line chunk by chunk, receiving each chunk's echo (into the same place) before the next
@@ -172,8 +175,15 @@ static void EchoLine(int hSocket, char *line, size_t len)
 
     while (done < len) {
         size_t chunk = len - done < CHUNK_SIZE ? len - done : CHUNK_SIZE;
+        size_t got;
+
         SendAll(hSocket, line + done, chunk);
-        RecvExactly(hSocket, line + done, chunk);
+        got = RecvExactly(hSocket, line + done, chunk);
+        if (got < chunk) { /* a clean close, not an error: there is no error text to show */
+            fprintf(stderr, "Server closed the connection: %llu of %llu bytes of the line "
+                    "came back\n", (unsigned long long)(done + got), (unsigned long long)len);
+            exit(1);
+        }
         done += chunk;
     }
 }
