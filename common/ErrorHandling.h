@@ -76,15 +76,34 @@ static inline const ERROR_INFO *FindKnownError(DWORD code)
     return NULL;
 }
 
+/* The system's message for code in language langId (0: the system's own), in the code page the
+ * console shows (GetConsoleOutputCP: the OEM code page, 437 or 949, say; the ANSI one, which
+ * FormatMessageA would give, differs outside East Asia, and accents would come out wrong). No
+ * console: the ANSI code page. Returns its length in bytes, 0 if there is none or it does not fit. */
+static inline int FormatSystemText(DWORD code, DWORD langId, char *text, DWORD textSize)
+{
+    WCHAR wide[256];
+    UINT codePage = GetConsoleOutputCP();
+    DWORD len = FormatMessageW(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL,
+                               code, langId, wide, sizeof(wide) / sizeof(wide[0]), NULL);
+    int bytes;
+
+    if (len == 0)
+        return 0;
+    bytes = WideCharToMultiByte(codePage != 0 ? codePage : CP_ACP, 0, wide, (int)len, text,
+                                (int)textSize - 1, NULL, NULL);
+    text[bytes] = '\0'; /* 0 bytes (it did not fit): an empty text, and the caller falls back */
+    return bytes;
+}
+
 /* Fills text with the system's message for code, without the trailing CR/LF. */
 static inline void GetErrorText(DWORD code, char *text, DWORD textSize)
 {
-    DWORD flags = FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS;
     const ERROR_INFO *known = FindKnownError(code);
-    DWORD len = FormatMessageA(flags, NULL, code, MAKELANGID(LANG_ENGLISH, SUBLANG_ENGLISH_US),
-                               text, textSize, NULL);
+    int len = FormatSystemText(code, MAKELANGID(LANG_ENGLISH, SUBLANG_ENGLISH_US), text, textSize);
+
     if (len == 0) /* no English message table installed: take the system's language */
-        len = FormatMessageA(flags, NULL, code, 0, text, textSize, NULL);
+        len = FormatSystemText(code, 0, text, textSize);
     if (len == 0) {
         snprintf(text, textSize, "%s", known != NULL ? known->text : "unknown error");
         return;
@@ -169,8 +188,11 @@ NO_RETURN static inline void ErrorHandling(const char *funcName)
  * QuickEdit, the console's default since Windows 10, lets the mouse select text; while a selection
  * is shown, the console holds every write to it, so a server thread that logs stops right there
  * (and with it every thread waiting for a lock that thread holds). A server wants no such pause:
- * QuickEditOff turns it off for the console the process runs in, if it has one, and puts the
- * user's setting back when the process ends (the mode belongs to the console, not to us).
+ * QuickEditOff turns it off for the console the process runs in, if it has one. The mode belongs
+ * to the console, not to us, so we put the user's setting back when the process ends through
+ * exit(), a return from main or our own Ctrl+C path. Not otherwise: a process ended from outside
+ * (Task Manager, TerminateProcess) leaves QuickEdit off in that console, and of two servers in one
+ * console, the second finds it off already and the first turns it back on when it ends.
  * It is no guarantee: Mark mode (Edit > Mark), Pause and Ctrl+S still hold every write, and so
  * does a full stdout pipe. The real protection is in the stages: no log line under a lock. */
 static HANDLE volatile quickEditConsole = INVALID_HANDLE_VALUE;

@@ -659,7 +659,8 @@ class Wineserver:
     ended it shuts down the prefix's system processes (services.exe, winedevice.exe...) and exits
     by itself, so stopping it is waiting for it. If one already runs for the prefix, ours exits at
     once and we own none.
-    While the suite runs, one idle Wine program (`cmd`, reading a pipe we hold) keeps it busy:
+    While the suite runs, one idle Wine program (`cmd`, reading a pipe we hold) keeps whichever
+    serves the prefix busy, and the system processes are started before any test's program:
     measured 2026-11-28, a wineserver whose only programs are short-lived ones (a client with bad
     arguments) exited as soon as such a program ended, before its linger time, so every later
     program paid a cold start of 3-4 s. Closing the pipe at the stop ends `cmd` by itself."""
@@ -673,24 +674,34 @@ class Wineserver:
     def start(self):
         if ON_WINDOWS:
             return
+        quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, env=CHILD_ENV)
         try:
-            proc = subprocess.Popen(["wineserver", "-f", "-p%d" % self.LINGER_SECONDS],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, env=CHILD_ENV)
+            proc = subprocess.Popen(["wineserver", "-f", "-p%d" % self.LINGER_SECONDS], **quiet)
         except OSError:
             return  # no wineserver on PATH: wine will start its own
         try:
             proc.wait(1.0)  # exits at once when another one serves the prefix already
         except subprocess.TimeoutExpired:
             self.proc = proc  # still running: it is ours
-            self.keeper = subprocess.Popen(["wine", "cmd"], stdin=subprocess.PIPE,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           env=CHILD_ENV)
+        # The keeper, even when the wineserver is not ours: one lingering after an earlier run
+        # would otherwise exit in the middle of this one.
+        self.keeper = subprocess.Popen(["wine", "cmd"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       env=CHILD_ENV)
+        # Then wait until the prefix's system processes (services.exe, winedevice.exe...) run.
+        # The first Wine program a wineserver serves starts them, and they inherit its stdout and
+        # stderr: started by a test's program, they held its pipes open after it had ended, and
+        # reading its output to the end waited until the suite's end (seen: client_errors
+        # abandoned after 300 s, 2 runs in 8). Started here, they hold nothing of ours.
+        try:
+            subprocess.run(["wine", "cmd", "/c", "exit"], timeout=60, **quiet)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # a test that needs Wine will say what is wrong
 
     def stop(self):
-        """Waits for our wineserver to exit on its own; only if it does not, ends it by PID."""
-        if self.proc is None:
-            return
+        """Ends the keeper, then waits for our wineserver to exit on its own; only if it does
+        not, ends it by PID."""
         if self.keeper is not None:
             self.keeper.stdin.close()  # end of input: cmd exits
             try:
@@ -699,6 +710,8 @@ class Wineserver:
                 self.keeper.kill()
                 self.keeper.wait(10)
             self.keeper = None
+        if self.proc is None:
+            return
         try:
             self.proc.wait(self.LINGER_SECONDS + 20)
         except subprocess.TimeoutExpired:

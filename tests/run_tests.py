@@ -324,6 +324,10 @@ def test_client_errors(t):
             raise Fail("the fake server that %s: %s" % (what, fake.error))
         if expected is None:
             problem = error_text_problem(err)
+            # Wine 8 sometimes hands a reset to a waiting recv() as a clean close (0 bytes): seen
+            # here once in ten runs; Windows reports 10054.
+            if problem and not ON_WINDOWS and err.strip() == closed % 0:
+                problem = None
         else:
             problem = None if err.strip() == expected else "stderr %r, want %r" % (err, expected)
         if code != 1 or problem:
