@@ -974,5 +974,3 @@ int main(int argc, char *argv[])
     WSACleanup();
     return 0;
 }
-
-

@@ -1210,5 +1210,3 @@ int main(int argc, char *argv[])
     WSACleanup();
     return 0;
 }
-
-

@@ -983,5 +983,3 @@ int main(int argc, char *argv[])
     WSACleanup();
     return 0;
 }
-
-

@@ -991,5 +991,3 @@ int main(int argc, char *argv[])
     WSACleanup();
     return 0;
 }
-
-

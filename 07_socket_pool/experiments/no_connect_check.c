@@ -1214,5 +1214,3 @@ int main(int argc, char *argv[])
     WSACleanup();
     return 0;
 }
-
-
