@@ -70,7 +70,8 @@ old_mingw_default (every Windows source defines _WIN32_WINNT, and compiles witho
 it defaults to Windows Server 2003),
 workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
-readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes),
+readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes, and each
+step's: NN_name/steps/*.diff applied in order with git apply give the stage byte for byte),
 name_map_current (every code name in README.ko.md's map from the notes' names still exists),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
@@ -670,8 +671,11 @@ def test_shared_functions(stages):
 def test_readme_diff_table(stages):
     """The adjacent diff sizes that README.md's table and README.ko.md's sentence state are the
     current ones: `diff a b`'s changed lines (+ and -), and of them the header comment's (the same
-    count over each file's opening comment, down to its first " */" line). A change to a stage
-    must update them; the failure gives the figures to write."""
+    count over each file's opening comment, down to its first " */" line). A stage with
+    NN_name/steps/*.diff: each step applies (git apply) to the intermediate before it, the last
+    gives the stage byte for byte, and README.md's "NN → NN step N" rows and README.ko.md's
+    "steps/N-name.diff) N줄" state each step's size. A change to a stage must update them; the
+    failure gives the figures to write."""
     diff = shutil.which("diff")
     if diff is None:
         raise Skip("no diff program")
@@ -702,6 +706,34 @@ def test_readme_diff_table(stages):
             plus, minus = changed(fa, fb)
             measured[(a[:2], b[:2])] = (plus + minus, plus, minus,
                                         sum(changed(header(fa, folder), header(fb, folder))))
+            steps = sorted(glob.glob(os.path.join(REPO, b, "steps", "*.diff")),
+                           key=lambda path: int(re.match(r"\d+", os.path.basename(path)).group()))
+            if not steps:
+                continue
+            git = shutil.which("git")
+            if git is None:
+                raise Skip("no git program: it applies the steps")
+            previous = fa
+            for number, step in enumerate(steps, 1):  # each intermediate from the one before
+                work = os.path.join(folder, "steps", "%s_%d" % (b, number))
+                os.makedirs(work)
+                shutil.copyfile(previous, os.path.join(work, "EchoServ_win.c"))
+                applied = subprocess.run([git, "apply", step], cwd=work, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, timeout=30)
+                if applied.returncode != 0:
+                    raise Fail("%s does not apply to step %d: %s" % (
+                        os.path.relpath(step, REPO), number - 1,
+                        applied.stdout.decode("utf-8", "replace").strip()))
+                current = os.path.join(work, "EchoServ_win.c")
+                plus, minus = changed(previous, current)
+                measured[(a[:2], b[:2], str(number))] = (
+                    plus + minus, plus, minus,
+                    sum(changed(header(previous, folder), header(current, folder))))
+                previous = current
+            with open(previous, "rb") as f1, open(fb, "rb") as f2:
+                if f1.read() != f2.read():
+                    raise Fail("%s/steps/ applied in order do not give %s/EchoServ_win.c"
+                               % (b, b))
     def stated(readme, pattern):
         """{(from, to): figures}; a pair stated twice is itself out of date."""
         with open(os.path.join(REPO, readme), encoding="utf-8") as f:
@@ -715,6 +747,26 @@ def test_readme_diff_table(stages):
     english = stated("README.md", r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|")
     korean = stated("README.ko.md", r"(\d\d)→(\d\d)\s+(\d+)\((\d+)\)")
     wrong = []
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        english_steps = {m[:3]: tuple(int(x) for x in m[3:]) for m in re.findall(
+            r"\| (\d\d) → (\d\d) step (\d+) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|", f.read())}
+    for key, (total, plus, minus, head) in sorted(measured.items()):
+        if len(key) != 3:
+            continue
+        if english_steps.get(key) != (total, plus, minus, head):
+            wrong.append("README.md %s → %s step %s: %s, now | %d (+%d −%d) | %d |" % (
+                key + (english_steps.get(key), total, plus, minus, head)))
+    korean_found = {}
+    with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
+        for stage_number, number, total in re.findall(
+                r"\((\d\d)_\w+/steps/(\d+)-[\w-]+\.diff\) (\d+)줄", f.read()):
+            korean_found[(stage_number, number)] = int(total)
+    for key, figures in sorted(measured.items()):
+        if len(key) == 3 and korean_found.get(key[1:]) != figures[0]:
+            wrong.append("README.ko.md %s→%s %s단계: %s, now %d줄" % (
+                key + (korean_found.get(key[1:]), figures[0])))
+    measured_steps = {key: m for key, m in measured.items() if len(key) == 3}
+    measured = {key: m for key, m in measured.items() if len(key) == 2}
     for pair, (total, plus, minus, head) in sorted(measured.items()):
         if english.get(pair) != (total, plus, minus, head):
             wrong.append("README.md %s → %s: %s, now | %d (+%d −%d) | %d |" % (
@@ -724,7 +776,9 @@ def test_readme_diff_table(stages):
                                                                       total, head)))
     if wrong:
         raise Fail("the diff sizes the READMEs state are out of date: " + "; ".join(wrong))
-    return ", ".join("%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items()))
+    return ", ".join(["%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items())]
+                     + ["%s→%s step %s %d (%d)" % (key + (m[0], m[3]))
+                        for key, m in sorted(measured_steps.items())])
 
 
 def test_name_map_current():
