@@ -496,7 +496,7 @@ EXPERIMENTS = [
     Experiment(
         "06_iocp_acceptex", "acceptex_with_data",
         "AcceptEx with a receive buffer: clients that connect and wait are not accepted",
-        33, measure_acceptex_with_data,
+        35, measure_acceptex_with_data,
         [("clients that connect and wait", lambda f: "%d" % f["clients"]),
          ("accepted within 2 s (Connected lines)", lambda f: "%d" % f["silent"]),
          ("accepted once each has sent a line", lambda f: "%d" % f["speaking"])],

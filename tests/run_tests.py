@@ -65,12 +65,15 @@ test above that applies to them runs against it, in seconds.
 and once: experiment_budgets (each variant differs from its stage's current EchoServ_win.c by at
 most its lesson's lines; every experiments/*.c is listed),
 clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
+shared_functions (the functions 05, 06 and 07 share are the same where SAME_FUNCTIONS says so,
+and every other one is in WHY_DIFFERENT with its reason),
 no_deprecated_names (no stage, common/ or bench/ calls what MSVC marks deprecated, C4996),
 old_mingw_default (every Windows source defines _WIN32_WINNT, and compiles without a warning where
 it defaults to Windows Server 2003),
 workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not installed),
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
-readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes),
+readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes, and each
+step's: NN_name/steps/*.diff applied in order with git apply give the stage byte for byte),
 name_map_current (every code name in README.ko.md's map from the notes' names still exists),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
@@ -574,11 +577,116 @@ def test_workflow_lint():
     return out.splitlines()[-1] if out else ""
 
 
+# Functions 05, 06 and 07 share, by name: those meant to be the same are byte for byte the same in
+# the stages listed (a fix to one reaches all); every other function two adjacent stages share is
+# listed with why it differs, so a new shared function must be placed in one list or the other.
+SAME_FUNCTIONS = {
+    ("05", "06", "07"): "CtrlHandler FormatAddress ResetOverlapped ReleaseSession NoteStopFailure",
+    ("05", "06"): "ParsePort",
+    ("06", "07"): "OpenListenSocket ReportFailure EndSession PostRecv PostSend SendMsg "
+                  "OnSendCompleted ParkSession IsResetBeforeAccept CountAcceptFailure "
+                  "ReportAcceptFailure PostAccept OnAcceptFailed LoadExtension CancelForStop "
+                  "RetryAccepts WaitForStop",
+}
+WHY_DIFFERENT = {  # (name, stage): why it differs from the previous stage's
+    ("OpenListenSocket", "06"): "the WSA_FLAG_OVERLAPPED comment names what needs it (the "
+                                "sockets accept() returns in 05, AcceptEx in 06); 05 makes it "
+                                "non-blocking with WSAEventSelect",
+    ("PostRecv", "06"): "a receive and a send can be pending at once (the send queue): posts "
+                        "check `closing` under the session's lock and report after it",
+    ("PostSend", "06"): "the same, and it sends the queue's head message",
+    ("OnRecvCompleted", "06"): "what came is queued (SendMsg), not sent from the receive buffer",
+    ("OnRecvCompleted", "07"): "a client that closed first marks its socket for reuse",
+    ("OnSendCompleted", "06"): "the next queued message, and the receive a full queue held back",
+    ("CloseSession", "06"): "the session goes back to accepting (PostAccept), not to free()",
+    ("CloseSession", "07"): "the socket is disconnected for reuse, not closed",
+    ("WorkerThreadMain", "06"): "the session comes from the OVERLAPPED (an AcceptEx completion "
+                                "carries the listening socket's key); rwMode tells three I/Os apart",
+    ("WorkerThreadMain", "07"): "a fourth I/O, the disconnect",
+    ("OnAcceptCompleted", "07"): "a reused socket's addresses; the disconnect state",
+    ("TryAcceptEx", "07"): "the socket comes from the socket pool",
+    ("StartServer", "06"): "AcceptEx loaded, the listening socket on the port, the session pool",
+    ("StartServer", "07"): "the socket pool and the disconnect function",
+    ("CancelForStop", "06"): "it also cancels the listening socket's AcceptEx calls, not shut down",
+    ("WaitForSessions", "06"): "walks the pool, not a list of connected sessions",
+    ("WaitForSessions", "07"): "names the sessions that are disconnecting",
+    ("StopServer", "06"): "cancels the pending AcceptEx calls, parks the retry list, closes the "
+                          "listening socket last, frees the pool",
+    ("StopServer", "07"): "cancels the pending disconnects, closes the socket pool",
+    ("ServeClients", "06"): "posts the pool's AcceptEx calls; the main thread only waits for Ctrl+C",
+    ("ServeClients", "07"): "passes the disconnect mode on",
+    ("ParsePort", "07"): "07 also reads how a socket is disconnected for reuse",
+    ("main", "06"): "a comment: StopServer closes the listening socket",
+    ("main", "07"): "passes the disconnect mode on",
+}
+
+
+def c_functions(path):
+    """{name: text} of a C file's function definitions, from the line with the name to the "}"
+    in column 0 (the comment above is not compared)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    found, i = {}, 0
+    while i < len(lines):
+        m = re.match(r"(?:static\s+)?[A-Za-z_][\w \*]*?\b(\w+)\([^;]*$", lines[i])
+        if m and not lines[i].startswith("typedef"):
+            end = i
+            while end < len(lines) and lines[end] != "}":
+                end += 1
+            found[m.group(1)] = "\n".join(lines[i:end + 1])
+            i = end
+        i += 1
+    return found
+
+
+def test_shared_functions(stages):
+    """Functions 05, 06 and 07 share: the ones SAME_FUNCTIONS lists are byte for byte the same in
+    the stages it names; every other one that two adjacent stages share is in WHY_DIFFERENT, and
+    does differ (one that no longer does belongs in SAME_FUNCTIONS)."""
+    names = {stage.name[:2]: stage.name for stage in stages if stage.name[:2] in ("05", "06", "07")}
+    if len(names) < 3:
+        raise Skip("needs 05, 06 and 07")
+    code = {n: c_functions(os.path.join(REPO, folder, "EchoServ_win.c"))
+            for n, folder in names.items()}
+    same = {}  # name: the stages where it must be the same
+    for group, listed in SAME_FUNCTIONS.items():
+        for name in listed.split():
+            same[name] = group
+    problems, checked = [], 0
+    for name, group in sorted(same.items()):
+        missing = [n for n in group if name not in code[n]]
+        if missing:
+            problems.append("%s: not in %s" % (name, ", ".join(missing)))
+            continue
+        for a, b in zip(group, group[1:]):
+            checked += 1
+            if code[a][name] != code[b][name]:
+                problems.append("%s differs between %s and %s" % (name, names[a], names[b]))
+    for a, b in (("05", "06"), ("06", "07")):
+        for name in sorted(set(code[a]) & set(code[b])):
+            if a in same.get(name, ()) and b in same.get(name, ()):
+                continue
+            why = WHY_DIFFERENT.get((name, b))
+            if why is None:
+                problems.append("%s is in %s and %s: list it as the same or say why not"
+                                % (name, a, b))
+            elif code[a][name] == code[b][name]:
+                problems.append("%s is the same in %s and %s: move it to SAME_FUNCTIONS"
+                                % (name, a, b))
+    if problems:
+        raise Fail("; ".join(problems))
+    return "%d names the same in %d pairs; %d known to differ" % (
+        len(same), checked, len(WHY_DIFFERENT))
+
+
 def test_readme_diff_table(stages):
     """The adjacent diff sizes that README.md's table and README.ko.md's sentence state are the
     current ones: `diff a b`'s changed lines (+ and -), and of them the header comment's (the same
-    count over each file's opening comment, down to its first " */" line). A change to a stage
-    must update them; the failure gives the figures to write."""
+    count over each file's opening comment, down to its first " */" line). A stage with
+    NN_name/steps/*.diff: each step applies (git apply) to the intermediate before it, the last
+    gives the stage byte for byte, and README.md's "NN → NN step N" rows and README.ko.md's
+    "steps/N-name.diff) N줄" state each step's size. A change to a stage must update them; the
+    failure gives the figures to write."""
     diff = shutil.which("diff")
     if diff is None:
         raise Skip("no diff program")
@@ -609,6 +717,34 @@ def test_readme_diff_table(stages):
             plus, minus = changed(fa, fb)
             measured[(a[:2], b[:2])] = (plus + minus, plus, minus,
                                         sum(changed(header(fa, folder), header(fb, folder))))
+            steps = sorted(glob.glob(os.path.join(REPO, b, "steps", "*.diff")),
+                           key=lambda path: int(re.match(r"\d+", os.path.basename(path)).group()))
+            if not steps:
+                continue
+            git = shutil.which("git")
+            if git is None:
+                raise Skip("no git program: it applies the steps")
+            previous = fa
+            for number, step in enumerate(steps, 1):  # each intermediate from the one before
+                work = os.path.join(folder, "steps", "%s_%d" % (b, number))
+                os.makedirs(work)
+                shutil.copyfile(previous, os.path.join(work, "EchoServ_win.c"))
+                applied = subprocess.run([git, "apply", step], cwd=work, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, timeout=30)
+                if applied.returncode != 0:
+                    raise Fail("%s does not apply to step %d: %s" % (
+                        os.path.relpath(step, REPO), number - 1,
+                        applied.stdout.decode("utf-8", "replace").strip()))
+                current = os.path.join(work, "EchoServ_win.c")
+                plus, minus = changed(previous, current)
+                measured[(a[:2], b[:2], str(number))] = (
+                    plus + minus, plus, minus,
+                    sum(changed(header(previous, folder), header(current, folder))))
+                previous = current
+            with open(previous, "rb") as f1, open(fb, "rb") as f2:
+                if f1.read() != f2.read():
+                    raise Fail("%s/steps/ applied in order do not give %s/EchoServ_win.c"
+                               % (b, b))
     def stated(readme, pattern):
         """{(from, to): figures}; a pair stated twice is itself out of date."""
         with open(os.path.join(REPO, readme), encoding="utf-8") as f:
@@ -622,6 +758,26 @@ def test_readme_diff_table(stages):
     english = stated("README.md", r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|")
     korean = stated("README.ko.md", r"(\d\d)→(\d\d)\s+(\d+)\((\d+)\)")
     wrong = []
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        english_steps = {m[:3]: tuple(int(x) for x in m[3:]) for m in re.findall(
+            r"\| (\d\d) → (\d\d) step (\d+) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|", f.read())}
+    for key, (total, plus, minus, head) in sorted(measured.items()):
+        if len(key) != 3:
+            continue
+        if english_steps.get(key) != (total, plus, minus, head):
+            wrong.append("README.md %s → %s step %s: %s, now | %d (+%d −%d) | %d |" % (
+                key + (english_steps.get(key), total, plus, minus, head)))
+    korean_found = {}
+    with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
+        for stage_number, number, total in re.findall(
+                r"\((\d\d)_\w+/steps/(\d+)-[\w-]+\.diff\) (\d+)줄", f.read()):
+            korean_found[(stage_number, number)] = int(total)
+    for key, figures in sorted(measured.items()):
+        if len(key) == 3 and korean_found.get(key[1:]) != figures[0]:
+            wrong.append("README.ko.md %s→%s %s단계: %s, now %d줄" % (
+                key + (korean_found.get(key[1:]), figures[0])))
+    measured_steps = {key: m for key, m in measured.items() if len(key) == 3}
+    measured = {key: m for key, m in measured.items() if len(key) == 2}
     for pair, (total, plus, minus, head) in sorted(measured.items()):
         if english.get(pair) != (total, plus, minus, head):
             wrong.append("README.md %s → %s: %s, now | %d (+%d −%d) | %d |" % (
@@ -631,7 +787,9 @@ def test_readme_diff_table(stages):
                                                                       total, head)))
     if wrong:
         raise Fail("the diff sizes the READMEs state are out of date: " + "; ".join(wrong))
-    return ", ".join("%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items()))
+    return ", ".join(["%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items())]
+                     + ["%s→%s step %s %d (%d)" % (key + (m[0], m[3]))
+                        for key, m in sorted(measured_steps.items())])
 
 
 def test_name_map_current():
@@ -1831,6 +1989,7 @@ TESTS = [
 # Run once, not per stage: (name, function, its arguments).
 ONCE_TESTS = [
     ("clients_identical", test_clients_identical, (STAGES,)),
+    ("shared_functions", test_shared_functions, (STAGES,)),
     ("no_deprecated_names", test_no_deprecated_names, ()),
     ("old_mingw_default", test_old_mingw_default, ()),
     ("workflow_lint", test_workflow_lint, ()),

@@ -96,6 +96,12 @@ typedef struct {
     DWORD sendPos, sendLen;   /* sendPos < sendLen: a WSASend is outstanding; else a WSARecv */
 } PER_IO_DATA;
 
+/* A call that failed while a lock was held: reported once the lock is released. */
+typedef struct {
+    const char *call;            /* NULL: nothing failed */
+    int error;
+} FAILURE;
+
 /* One connected client: the per-handle data, the completion key of its socket. */
 typedef struct SESSION {
     SOCKET hClntSock;
@@ -162,12 +168,12 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
     return TRUE;
 }
 
-/* socket, bind, listen; prints "Listening on port N" with the real port (port 0 picks one). */
+/* socket, bind, listen (port 0 picks one). ServeClients prints "Listening on port N" once the
+ * server accepts. */
 static SOCKET OpenListenSocket(unsigned short port)
 {
     SOCKET hServSock;
     SOCKADDR_IN servAdr;
-    int adrSz = sizeof(servAdr);
     BOOL exclusive = TRUE;
 
     /* WSA_FLAG_OVERLAPPED: the sockets accept() returns inherit it and take overlapped I/O.
@@ -191,10 +197,6 @@ static SOCKET OpenListenSocket(unsigned short port)
     /* SOMAXCONN, not 5: with a small backlog most of a burst of clients is refused or waits. */
     if (listen(hServSock, SOMAXCONN) == SOCKET_ERROR)
         ErrorHandling("listen()");
-
-    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
-        ErrorHandling("getsockname()");
-    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
     return hServSock;
 }
 
@@ -457,16 +459,15 @@ static void StartServer(SERVER *server)
 /* Stop-path calls that failed under the server's lock: counted, the first one kept, reported
  * after the lock. */
 typedef struct {
-    const char *call;
-    int error;
+    FAILURE first;
     int count;
 } STOP_FAILURES;
 
 static void NoteStopFailure(STOP_FAILURES *failures, const char *call, int err)
 {
     if (failures->count++ == 0) {
-        failures->call = call;
-        failures->error = err;
+        failures->first.call = call;
+        failures->first.error = err;
     }
 }
 
@@ -522,7 +523,7 @@ static void WaitForSessions(SERVER *server)
  * outstanding, then stop the workers, join them and free everything. */
 static void StopServer(SERVER *server)
 {
-    STOP_FAILURES failures = {NULL, 0, 0};
+    STOP_FAILURES failures = {{NULL, 0}, 0};
     SESSION *session;
     DWORD i;
 
@@ -536,7 +537,7 @@ static void StopServer(SERVER *server)
         CancelForStop(session->hClntSock, &failures);
     LeaveCriticalSection(&server->lock);
     if (failures.count != 0) { /* the bounded wait below names what they leave stuck */
-        ReportError(failures.call, (DWORD)failures.error);
+        ReportError(failures.first.call, (DWORD)failures.first.error);
         if (failures.count > 1)
             LogLine("Stopping: %d cancels failed in all", failures.count);
     }
@@ -583,11 +584,14 @@ static void AcceptUntilStop(SOCKET hServSock, WSAEVENT hAcceptEvent, SERVER *ser
     }
 }
 
-/* The main thread accepts; the workers do every client's I/O. Returns after Ctrl+C, once the
- * server has stopped, with the last line. */
+/* The workers and the accept event, then "Listening on port N": the server accepts now. The main
+ * thread accepts; the workers do every client's I/O. Returns after Ctrl+C, once the server has
+ * stopped, with the last line. */
 static void ServeClients(SOCKET hServSock)
 {
     SERVER server;
+    SOCKADDR_IN servAdr;
+    int adrSz = sizeof(servAdr);
     WSAEVENT hAcceptEvent;
 
     StartServer(&server);
@@ -600,6 +604,9 @@ static void ServeClients(SOCKET hServSock)
     g_hStopEvent = CreateEvent(NULL, TRUE, FALSE, NULL);
     if (g_hStopEvent == NULL)
         ErrorHandlingCode("CreateEvent()", GetLastError());
+    if (getsockname(hServSock, (SOCKADDR *)&servAdr, &adrSz) == SOCKET_ERROR)
+        ErrorHandling("getsockname()");
+    LogLine("Listening on port %u", ntohs(servAdr.sin_port));
     /* A Ctrl+C before this line found STARTING and set no event: then the loop never starts. */
     if (InterlockedCompareExchange(&g_state, SERVING, STARTING) == STARTING)
         AcceptUntilStop(hServSock, hAcceptEvent, &server);

@@ -171,6 +171,12 @@ enum { STARTING, SERVING, STOPPING };
 static volatile LONG g_state = STARTING;
 static HANDLE g_hStopEvent;
 
+/* The accepting functions follow the worker, in the place of 05's AcceptClient; the worker
+ * and CloseSession call them before that. */
+static void PostAccept(SESSION *session);
+static void OnAcceptFailed(SERVER *server, DWORD err);
+static BOOL OnAcceptCompleted(SESSION *session);
+
 /* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
 static unsigned short ParsePort(int argc, char *argv[])
 {
@@ -208,8 +214,8 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
     return TRUE;
 }
 
-/* socket, bind, listen (port 0 picks one). "Listening on port N" waits for the pool's AcceptEx
- * posts: ServeClients prints it. */
+/* socket, bind, listen (port 0 picks one). ServeClients prints "Listening on port N" once the
+ * server accepts. */
 static SOCKET OpenListenSocket(unsigned short port)
 {
     SOCKET hServSock;
@@ -262,11 +268,261 @@ static void ReportFailure(const FAILURE *failure)
         ReportError(failure->call, (DWORD)failure->error);
 }
 
+/* An error path has decided that the session ends: no post on it may succeed after this one.
+ * CancelIoEx ends only what is pending NOW: a worker finishing the session's other I/O a moment
+ * later would post again (its WSARecv after a failed send: the session would hold its slot and
+ * echo nothing). So the flag is set first, under the session's lock, and every post checks it
+ * under the same lock (PostRecv, PostSend): a post either came before (it is pending, and the
+ * cancel below ends it) or sees the flag and posts nothing. The caller holds the session's lock.
+ * The cancel's failure is reported by the caller, after the lock. */
+static void EndSession(SESSION *session, FAILURE *failure)
+{
+    session->closing = TRUE;
+    if (!CancelIoEx((HANDLE)session->hClntSock, NULL) && GetLastError() != ERROR_NOT_FOUND &&
+        failure->call == NULL) { /* ERROR_NOT_FOUND: nothing was pending */
+        failure->call = "CancelIoEx()";
+        failure->error = (int)GetLastError();
+    }
+}
+
+/* Posts a receive into the whole buffer. Done at once or pending, its completion is queued to the
+ * port, for any worker; only a failure at once (no completion will come), or a session that is
+ * closing, returns FALSE. The caller holds the session's lock, and reports *failure after it. */
+static BOOL PostRecv(SESSION *session, FAILURE *failure)
+{
+    PER_IO_DATA *ioData = &session->ioData;
+
+    if (session->closing)
+        return FALSE;
+    ResetOverlapped(ioData);
+    ioData->recvFlags = 0; /* in/out: WSARecv may have written to it last time */
+    ioData->rwMode = IO_RECV;
+    ioData->wsaBuf.buf = ioData->buf;
+    ioData->wsaBuf.len = BUF_SIZE;
+    /* Counted BEFORE the call, every field above set: a worker may run the completion before
+       WSARecv even returns here. */
+    InterlockedIncrement(&session->ioCount);
+    if (WSARecv(session->hClntSock, &ioData->wsaBuf, 1, NULL, &ioData->recvFlags,
+                &ioData->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
+                failure->call = "WSARecv()"; /* e.g. 10054: the client reset */
+                failure->error = err;
+            }
+            InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
+            EndSession(session, failure); /* the pending send, if any, ends too */
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* Posts a send of what is not sent yet of msg, the head of the queue. Same rules as PostRecv. */
+static BOOL PostSend(SESSION *session, PER_IO_DATA *msg, FAILURE *failure)
+{
+    if (session->closing)
+        return FALSE;
+    ResetOverlapped(msg);
+    msg->wsaBuf.buf = msg->buf + msg->sendPos;
+    msg->wsaBuf.len = msg->sendLen - msg->sendPos;
+    InterlockedIncrement(&session->ioCount);
+    if (WSASend(session->hClntSock, &msg->wsaBuf, 1, NULL, 0,
+                &msg->overlapped, NULL) == SOCKET_ERROR) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
+                failure->call = "WSASend()"; /* under Wine, 10054 at once on a reset client */
+                failure->error = err;
+            }
+            InterlockedDecrement(&session->ioCount);
+            EndSession(session, failure); /* the pending receive, if any, too */
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* The notes' SendMsg: queues a copy of the bytes, and sends it at once if no WSASend is
+ * outstanding (else the completion of the one before sends it). Then receives again, unless the
+ * queue is full: that receive waits for a send to complete (OnSendCompleted). */
+static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
+{
+    PER_IO_DATA *msg = malloc(sizeof(*msg));
+    FAILURE failure = {NULL, 0};
+    BOOL ok = TRUE;
+
+    if (msg == NULL) { /* post nothing more: the session ends once its queue is sent */
+        ReportError("malloc()", ERROR_NOT_ENOUGH_MEMORY);
+        return FALSE;
+    }
+    memcpy(msg->buf, data, len);
+    msg->sendPos = 0;
+    msg->sendLen = len;
+    msg->rwMode = IO_SEND;
+    msg->session = session;
+    msg->next = NULL;
+
+    EnterCriticalSection(&session->lock);
+    if (session->sendTail != NULL)
+        session->sendTail->next = msg;
+    else
+        session->sendHead = msg;
+    session->sendTail = msg;
+    if (++session->sendCount == 1)
+        ok = PostSend(session, msg, &failure);
+    if (ok && session->sendCount < MAX_SEND_QUEUE)
+        ok = PostRecv(session, &failure);
+    else if (ok)
+        session->recvPaused = TRUE;
+    LeaveCriticalSection(&session->lock);
+    ReportFailure(&failure);
+    return ok;
+}
+
+/* A receive is over: queue what came, or post nothing on 0 bytes (the client closed or
+ * half-closed): what is queued is still sent, then the count falls to 0 and the session closes. */
+static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
+{
+    if (bytes == 0)
+        return FALSE;
+    return SendMsg(session, session->ioData.buf, bytes);
+}
+
+/* A send is over: a short send posts the rest; else the message leaves the queue, the next one
+ * is sent, and a receive held back by a full queue is posted now. */
+static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
+{
+    FAILURE failure = {NULL, 0};
+    BOOL ok = TRUE;
+
+    InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
+    EnterCriticalSection(&session->lock);
+    msg->sendPos += bytes;
+    if (msg->sendPos < msg->sendLen) {
+        ok = PostSend(session, msg, &failure);
+    } else {
+        session->sendHead = msg->next;
+        if (session->sendHead == NULL)
+            session->sendTail = NULL;
+        session->sendCount--;
+        free(msg);
+        if (session->sendHead != NULL)
+            ok = PostSend(session, session->sendHead, &failure);
+        if (ok && session->recvPaused) {
+            session->recvPaused = FALSE;
+            ok = PostRecv(session, &failure);
+        }
+    }
+    LeaveCriticalSection(&session->lock);
+    ReportFailure(&failure);
+    return ok;
+}
+
 /* A session leaves use for good: only at the stop. The caller holds the server's lock. */
 static void ParkSession(SERVER *server)
 {
     if (--server->numSessions == 0)
         SetEvent(server->hNoSessions); /* only a wake-up: the stop reads numSessions itself */
+}
+
+/* Called only when no I/O is pending, so nothing writes into the session any more. Closes the
+ * socket, drops what is still queued, and puts the session back to accepting. */
+static void CloseSession(SESSION *session)
+{
+    SERVER *server = session->server;
+    BOOL wasConnected;
+
+    EnterCriticalSection(&server->lock); /* not connected first: the stop no longer reaches it */
+    wasConnected = session->connected;
+    if (wasConnected) {
+        session->connected = FALSE;
+        server->numClients--; /* the slot is free now */
+    }
+    LeaveCriticalSection(&server->lock);
+
+    closesocket(session->hClntSock);
+    while (session->sendHead != NULL) { /* left by a failed send */
+        PER_IO_DATA *msg = session->sendHead;
+        session->sendHead = msg->next;
+        free(msg);
+    }
+    session->sendTail = NULL;
+    session->sendCount = 0;
+    session->recvPaused = FALSE;
+    session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
+    if (wasConnected) {
+        InterlockedIncrement64(&server->numClosed);
+        LogLine("Closed client %s", session->peer);
+    }
+    if (wasConnected) { /* THE LESSON: a failed accept is not posted again */
+        PostAccept(session);
+    } else {
+        EnterCriticalSection(&server->lock);
+        ParkSession(server); /* out of the pool for good */
+        LeaveCriticalSection(&server->lock);
+    }
+}
+
+/* Lowers the I/O count at a completion. Whoever takes it to 0 saw the last one: closes. */
+static void ReleaseSession(SESSION *session)
+{
+    if (InterlockedDecrement(&session->ioCount) == 0)
+        CloseSession(session);
+}
+
+/* A worker: takes completions off the port, for any client, until the stop's sentinel. The
+ * OVERLAPPED points into a PER_IO_DATA, which names its session. */
+static DWORD WINAPI WorkerThreadMain(LPVOID param)
+{
+    HANDLE hComPort = (HANDLE)param;
+
+    for (;;) {
+        DWORD bytes = 0;
+        ULONG_PTR key = 0;
+        LPOVERLAPPED overlapped = NULL;
+        BOOL ok = GetQueuedCompletionStatus(hComPort, &bytes, &key, &overlapped, INFINITE);
+        SESSION *session;
+        PER_IO_DATA *ioData;
+
+        if (overlapped == NULL) {
+            if (ok)
+                return 0; /* the stop's sentinel: posted with no OVERLAPPED */
+            /* The wait itself failed (the port is gone): no packet; key and bytes mean nothing. */
+            ReportError("GetQueuedCompletionStatus()", GetLastError());
+            return 1;
+        }
+        /* Not from the key: an AcceptEx completion carries the listening socket's key. */
+        ioData = CONTAINING_RECORD(overlapped, PER_IO_DATA, overlapped);
+        session = ioData->session;
+        if (!ok) {
+            /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
+               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing, and
+               end the session's other I/O (EndSession): it closes once both are over. */
+            DWORD err = GetLastError();
+            FAILURE failure = {NULL, 0};
+            if (ioData->rwMode == IO_ACCEPT) {
+                if (err != ERROR_OPERATION_ABORTED)
+                    OnAcceptFailed(session->server, err);
+            } else {
+                if (err != ERROR_OPERATION_ABORTED)
+                    ReportError(ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
+                EnterCriticalSection(&session->lock);
+                EndSession(session, &failure);
+                LeaveCriticalSection(&session->lock);
+                ReportFailure(&failure);
+            }
+        } else if (ioData->rwMode == IO_ACCEPT) {
+            OnAcceptCompleted(session);
+        } else if (ioData->rwMode == IO_SEND) {
+            OnSendCompleted(session, ioData, bytes);
+        } else {
+            OnRecvCompleted(session, bytes);
+        }
+        /* Lowered last, after the next I/O is posted: the count of a session still in use never
+           touches 0 between two of its I/Os. When nothing was posted, this closes it. */
+        ReleaseSession(session);
+    }
 }
 
 /* A connection reset while it waited in the backlog makes AcceptEx fail at once (10054; Wine:
@@ -391,176 +647,6 @@ static void OnAcceptFailed(SERVER *server, DWORD err)
         ReportAcceptFailure("AcceptEx()", (int)err, count);
 }
 
-/* The main thread, between Ctrl+Cs: posts again the AcceptEx of every session on the retry
- * list. Those that fail again go back on it, and the main thread comes back after another
- * ACCEPT_RETRY_MS. Once the list is empty after failures, one line says the pool is whole. */
-static void RetryAccepts(SERVER *server)
-{
-    SESSION *session, *next;
-    LONG64 failures = 0;
-    BOOL whole;
-
-    EnterCriticalSection(&server->lock);
-    session = server->retryHead;
-    server->retryHead = NULL;
-    LeaveCriticalSection(&server->lock);
-    for (; session != NULL; session = next) {
-        next = session->nextRetry;
-        session->nextRetry = NULL;
-        PostAccept(session);
-    }
-    EnterCriticalSection(&server->lock);
-    whole = server->retryHead == NULL && server->acceptFailures != 0 && !server->stopping;
-    if (whole) {
-        failures = server->acceptFailures;
-        server->acceptFailures = server->reportedFailures = 0; /* the next shortage: a new count */
-    }
-    LeaveCriticalSection(&server->lock);
-    if (whole)
-        LogLine("Every session accepts again (after %lld failed AcceptEx calls)",
-                (long long)failures);
-}
-
-/* The main thread waits for Ctrl+C, and meanwhile it is the retry timer: when a session goes on
- * the empty retry list, hRetryEvent wakes it; it waits ACCEPT_RETRY_MS (a shortage does not pass
- * in a microsecond: retrying at once would only spin), then posts the list again. The simplest
- * design that is correct: the thread exists and is idle anyway; the stop, on this same thread,
- * never meets a retry half done; and no timer or extra packet on the port has to be cancelled
- * and drained at the stop. */
-static void WaitForStop(SERVER *server)
-{
-    HANDLE events[2];
-    DWORD which;
-
-    events[0] = g_hStopEvent;
-    events[1] = server->hRetryEvent;
-    for (;;) {
-        which = WaitForMultipleObjects(2, events, FALSE, INFINITE);
-        if (which == WAIT_OBJECT_0)
-            return;
-        if (which != WAIT_OBJECT_0 + 1)
-            ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
-        which = WaitForSingleObject(g_hStopEvent, ACCEPT_RETRY_MS); /* the back-off */
-        if (which == WAIT_OBJECT_0)
-            return;
-        if (which != WAIT_TIMEOUT)
-            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
-        RetryAccepts(server);
-    }
-}
-
-/* An error path has decided that the session ends: no post on it may succeed after this one.
- * CancelIoEx ends only what is pending NOW: a worker finishing the session's other I/O a moment
- * later would post again (its WSARecv after a failed send: the session would hold its slot and
- * echo nothing). So the flag is set first, under the session's lock, and every post checks it
- * under the same lock (PostRecv, PostSend): a post either came before (it is pending, and the
- * cancel below ends it) or sees the flag and posts nothing. The caller holds the session's lock.
- * The cancel's failure is reported by the caller, after the lock. */
-static void EndSession(SESSION *session, FAILURE *failure)
-{
-    session->closing = TRUE;
-    if (!CancelIoEx((HANDLE)session->hClntSock, NULL) && GetLastError() != ERROR_NOT_FOUND &&
-        failure->call == NULL) { /* ERROR_NOT_FOUND: nothing was pending */
-        failure->call = "CancelIoEx()";
-        failure->error = (int)GetLastError();
-    }
-}
-
-/* Posts a receive into the whole buffer. Done at once or pending, its completion is queued to the
- * port, for any worker; only a failure at once (no completion will come), or a session that is
- * closing, returns FALSE. The caller holds the session's lock, and reports *failure after it. */
-static BOOL PostRecv(SESSION *session, FAILURE *failure)
-{
-    PER_IO_DATA *ioData = &session->ioData;
-
-    if (session->closing)
-        return FALSE;
-    ResetOverlapped(ioData);
-    ioData->recvFlags = 0; /* in/out: WSARecv may have written to it last time */
-    ioData->rwMode = IO_RECV;
-    ioData->wsaBuf.buf = ioData->buf;
-    ioData->wsaBuf.len = BUF_SIZE;
-    /* Counted BEFORE the call, every field above set: a worker may run the completion before
-       WSARecv even returns here. */
-    InterlockedIncrement(&session->ioCount);
-    if (WSARecv(session->hClntSock, &ioData->wsaBuf, 1, NULL, &ioData->recvFlags,
-                &ioData->overlapped, NULL) == SOCKET_ERROR) {
-        int err = WSAGetLastError();
-        if (err != WSA_IO_PENDING) {
-            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
-                failure->call = "WSARecv()"; /* e.g. 10054: the client reset */
-                failure->error = err;
-            }
-            InterlockedDecrement(&session->ioCount); /* here, and only here: nothing completes */
-            EndSession(session, failure); /* the pending send, if any, ends too */
-            return FALSE;
-        }
-    }
-    return TRUE;
-}
-
-/* Posts a send of what is not sent yet of msg, the head of the queue. Same rules as PostRecv. */
-static BOOL PostSend(SESSION *session, PER_IO_DATA *msg, FAILURE *failure)
-{
-    if (session->closing)
-        return FALSE;
-    ResetOverlapped(msg);
-    msg->wsaBuf.buf = msg->buf + msg->sendPos;
-    msg->wsaBuf.len = msg->sendLen - msg->sendPos;
-    InterlockedIncrement(&session->ioCount);
-    if (WSASend(session->hClntSock, &msg->wsaBuf, 1, NULL, 0,
-                &msg->overlapped, NULL) == SOCKET_ERROR) {
-        int err = WSAGetLastError();
-        if (err != WSA_IO_PENDING) {
-            if (err != WSAESHUTDOWN) { /* 10058: the stop has shut it down; not worth a line */
-                failure->call = "WSASend()"; /* under Wine, 10054 at once on a reset client */
-                failure->error = err;
-            }
-            InterlockedDecrement(&session->ioCount);
-            EndSession(session, failure); /* the pending receive, if any, too */
-            return FALSE;
-        }
-    }
-    return TRUE;
-}
-
-/* The notes' SendMsg: queues a copy of the bytes, and sends it at once if no WSASend is
- * outstanding (else the completion of the one before sends it). Then receives again, unless the
- * queue is full: that receive waits for a send to complete (OnSendCompleted). */
-static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
-{
-    PER_IO_DATA *msg = malloc(sizeof(*msg));
-    FAILURE failure = {NULL, 0};
-    BOOL ok = TRUE;
-
-    if (msg == NULL) { /* post nothing more: the session ends once its queue is sent */
-        ReportError("malloc()", ERROR_NOT_ENOUGH_MEMORY);
-        return FALSE;
-    }
-    memcpy(msg->buf, data, len);
-    msg->sendPos = 0;
-    msg->sendLen = len;
-    msg->rwMode = IO_SEND;
-    msg->session = session;
-    msg->next = NULL;
-
-    EnterCriticalSection(&session->lock);
-    if (session->sendTail != NULL)
-        session->sendTail->next = msg;
-    else
-        session->sendHead = msg;
-    session->sendTail = msg;
-    if (++session->sendCount == 1)
-        ok = PostSend(session, msg, &failure);
-    if (ok && session->sendCount < MAX_SEND_QUEUE)
-        ok = PostRecv(session, &failure);
-    else if (ok)
-        session->recvPaused = TRUE;
-    LeaveCriticalSection(&session->lock);
-    ReportFailure(&failure);
-    return ok;
-}
-
 /* An AcceptEx is over: the session serves the new client, or closes it at once when the server
  * is full (or stopping). Either way, once its I/O count falls to 0 it accepts again. */
 static BOOL OnAcceptCompleted(SESSION *session)
@@ -615,144 +701,6 @@ static BOOL OnAcceptCompleted(SESSION *session)
     LeaveCriticalSection(&session->lock);
     ReportFailure(&failure);
     return ok;
-}
-
-/* A receive is over: queue what came, or post nothing on 0 bytes (the client closed or
- * half-closed): what is queued is still sent, then the count falls to 0 and the session closes. */
-static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
-{
-    if (bytes == 0)
-        return FALSE;
-    return SendMsg(session, session->ioData.buf, bytes);
-}
-
-/* A send is over: a short send posts the rest; else the message leaves the queue, the next one
- * is sent, and a receive held back by a full queue is posted now. */
-static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
-{
-    FAILURE failure = {NULL, 0};
-    BOOL ok = TRUE;
-
-    InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
-    EnterCriticalSection(&session->lock);
-    msg->sendPos += bytes;
-    if (msg->sendPos < msg->sendLen) {
-        ok = PostSend(session, msg, &failure);
-    } else {
-        session->sendHead = msg->next;
-        if (session->sendHead == NULL)
-            session->sendTail = NULL;
-        session->sendCount--;
-        free(msg);
-        if (session->sendHead != NULL)
-            ok = PostSend(session, session->sendHead, &failure);
-        if (ok && session->recvPaused) {
-            session->recvPaused = FALSE;
-            ok = PostRecv(session, &failure);
-        }
-    }
-    LeaveCriticalSection(&session->lock);
-    ReportFailure(&failure);
-    return ok;
-}
-
-/* Called only when no I/O is pending, so nothing writes into the session any more. Closes the
- * socket, drops what is still queued, and puts the session back to accepting. */
-static void CloseSession(SESSION *session)
-{
-    SERVER *server = session->server;
-    BOOL wasConnected;
-
-    EnterCriticalSection(&server->lock); /* not connected first: the stop no longer reaches it */
-    wasConnected = session->connected;
-    if (wasConnected) {
-        session->connected = FALSE;
-        server->numClients--; /* the slot is free now */
-    }
-    LeaveCriticalSection(&server->lock);
-
-    closesocket(session->hClntSock);
-    while (session->sendHead != NULL) { /* left by a failed send */
-        PER_IO_DATA *msg = session->sendHead;
-        session->sendHead = msg->next;
-        free(msg);
-    }
-    session->sendTail = NULL;
-    session->sendCount = 0;
-    session->recvPaused = FALSE;
-    session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
-    if (wasConnected) {
-        InterlockedIncrement64(&server->numClosed);
-        LogLine("Closed client %s", session->peer);
-    }
-    if (wasConnected) { /* THE LESSON: a failed accept is not posted again */
-        PostAccept(session);
-    } else {
-        EnterCriticalSection(&server->lock);
-        ParkSession(server); /* out of the pool for good */
-        LeaveCriticalSection(&server->lock);
-    }
-}
-
-/* Lowers the I/O count at a completion. Whoever takes it to 0 saw the last one: closes. */
-static void ReleaseSession(SESSION *session)
-{
-    if (InterlockedDecrement(&session->ioCount) == 0)
-        CloseSession(session);
-}
-
-/* A worker: takes completions off the port, for any client, until the stop's sentinel. The
- * OVERLAPPED points into a PER_IO_DATA, which names its session. */
-static DWORD WINAPI WorkerThreadMain(LPVOID param)
-{
-    HANDLE hComPort = (HANDLE)param;
-
-    for (;;) {
-        DWORD bytes = 0;
-        ULONG_PTR key = 0;
-        LPOVERLAPPED overlapped = NULL;
-        BOOL ok = GetQueuedCompletionStatus(hComPort, &bytes, &key, &overlapped, INFINITE);
-        SESSION *session;
-        PER_IO_DATA *ioData;
-
-        if (overlapped == NULL) {
-            if (ok)
-                return 0; /* the stop's sentinel: posted with no OVERLAPPED */
-            /* The wait itself failed (the port is gone): no packet; key and bytes mean nothing. */
-            ReportError("GetQueuedCompletionStatus()", GetLastError());
-            return 1;
-        }
-        /* Not from the key: an AcceptEx completion carries the listening socket's key. */
-        ioData = CONTAINING_RECORD(overlapped, PER_IO_DATA, overlapped);
-        session = ioData->session;
-        if (!ok) {
-            /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
-               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing, and
-               end the session's other I/O (EndSession): it closes once both are over. */
-            DWORD err = GetLastError();
-            FAILURE failure = {NULL, 0};
-            if (ioData->rwMode == IO_ACCEPT) {
-                if (err != ERROR_OPERATION_ABORTED)
-                    OnAcceptFailed(session->server, err);
-            } else {
-                if (err != ERROR_OPERATION_ABORTED)
-                    ReportError(ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
-                EnterCriticalSection(&session->lock);
-                EndSession(session, &failure);
-                LeaveCriticalSection(&session->lock);
-                ReportFailure(&failure);
-            }
-        } else if (ioData->rwMode == IO_ACCEPT) {
-            OnAcceptCompleted(session);
-        } else if (ioData->rwMode == IO_SEND) {
-            OnSendCompleted(session, ioData, bytes);
-        } else {
-            OnRecvCompleted(session, bytes);
-        }
-        /* Lowered last, after the next I/O is posted: the count of a session still in use never
-           touches 0 between two of its I/Os. When nothing was posted, this closes it. */
-        ReleaseSession(session);
-    }
 }
 
 /* AcceptEx and GetAcceptExSockaddrs are Microsoft extensions: their addresses are asked of the
@@ -934,6 +882,64 @@ static void StopServer(SERVER *server)
     CloseHandle(server->hNoSessions);
     CloseHandle(server->hRetryEvent);
     DeleteCriticalSection(&server->lock);
+}
+
+/* The main thread, between Ctrl+Cs: posts again the AcceptEx of every session on the retry
+ * list. Those that fail again go back on it, and the main thread comes back after another
+ * ACCEPT_RETRY_MS. Once the list is empty after failures, one line says the pool is whole. */
+static void RetryAccepts(SERVER *server)
+{
+    SESSION *session, *next;
+    LONG64 failures = 0;
+    BOOL whole;
+
+    EnterCriticalSection(&server->lock);
+    session = server->retryHead;
+    server->retryHead = NULL;
+    LeaveCriticalSection(&server->lock);
+    for (; session != NULL; session = next) {
+        next = session->nextRetry;
+        session->nextRetry = NULL;
+        PostAccept(session);
+    }
+    EnterCriticalSection(&server->lock);
+    whole = server->retryHead == NULL && server->acceptFailures != 0 && !server->stopping;
+    if (whole) {
+        failures = server->acceptFailures;
+        server->acceptFailures = server->reportedFailures = 0; /* the next shortage: a new count */
+    }
+    LeaveCriticalSection(&server->lock);
+    if (whole)
+        LogLine("Every session accepts again (after %lld failed AcceptEx calls)",
+                (long long)failures);
+}
+
+/* The main thread waits for Ctrl+C, and meanwhile it is the retry timer: when a session goes on
+ * the empty retry list, hRetryEvent wakes it; it waits ACCEPT_RETRY_MS (a shortage does not pass
+ * in a microsecond: retrying at once would only spin), then posts the list again. The simplest
+ * design that is correct: the thread exists and is idle anyway; the stop, on this same thread,
+ * never meets a retry half done; and no timer or extra packet on the port has to be cancelled
+ * and drained at the stop. */
+static void WaitForStop(SERVER *server)
+{
+    HANDLE events[2];
+    DWORD which;
+
+    events[0] = g_hStopEvent;
+    events[1] = server->hRetryEvent;
+    for (;;) {
+        which = WaitForMultipleObjects(2, events, FALSE, INFINITE);
+        if (which == WAIT_OBJECT_0)
+            return;
+        if (which != WAIT_OBJECT_0 + 1)
+            ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
+        which = WaitForSingleObject(g_hStopEvent, ACCEPT_RETRY_MS); /* the back-off */
+        if (which == WAIT_OBJECT_0)
+            return;
+        if (which != WAIT_TIMEOUT)
+            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+        RetryAccepts(server);
+    }
 }
 
 /* An AcceptEx for every session of the pool, then "Listening on port N": the server accepts now
