@@ -231,7 +231,7 @@ def howto(stage, n):
         for each in STAGES:
             for i, diff in enumerate(step_diffs(each), 1):
                 print("  STAGE=%s N=%d  %s" % (each, i, os.path.relpath(diff, REPO)))
-        raise VariantError("no step %s of %s" % (n or "N", stage or "STAGE"))
+        raise VariantError("no step %s of %s" % (n, stage) if n else "N= says which step")
     exe = "build/steps/%s/%s/EchoServ_win.exe" % (stage, n)
     print("%s: %s applied to %s/%s, step %s of %d." % (exe, ", ".join(
         os.path.basename(d) for d in steps[:int(n)]), previous_stage(stage), SOURCE, n, len(steps)))
