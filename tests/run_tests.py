@@ -677,7 +677,8 @@ def test_name_map_current():
     end = text.find("\n## ", start + 1)
     part = text[start:end if end > 0 else len(text)]
     words = set(os.listdir(REPO))
-    for path in windows_sources(bench=False):
+    for path in windows_sources(bench=False) + \
+            glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*", "*.diff")):
         with open(path, encoding="utf-8", errors="replace") as f:
             words.update(re.findall(r"[A-Za-z_]\w*", f.read()))
     rows, missing = 0, []
