@@ -72,7 +72,7 @@ def step_diffs(stage):
 
 def git_apply(folder, diff, check=False):
     """git apply `diff` to folder/EchoServ_win.c; raises VariantError with git's words."""
-    with open(diff, encoding="utf-8", newline="") as f:
+    with open(diff, encoding="utf-8") as f:  # CR LF read as LF (a Windows checkout may have it)
         if not f.read().startswith(HEADER):
             raise VariantError("%s does not start with %r" % (os.path.relpath(diff, REPO), HEADER))
     command = ["git", "apply", "--whitespace=nowarn"] + (["--check"] if check else []) + \
@@ -153,8 +153,9 @@ def changed_lines(diff):
 def make_diff(old, new):
     """The unified diff from file old to file new, with the header HEADER (git diff does the
     work; the function names it adds after each @@ are dropped, as diff -u has none)."""
-    proc = subprocess.run(["git", "-c", "core.quotepath=false", "diff", "--no-index", "--no-color",
-                           "--no-ext-diff", "-U3", old, new], stdout=subprocess.PIPE, timeout=60)
+    proc = subprocess.run(["git", "diff", "--no-index", "--no-color", "--no-ext-diff",
+                           "--diff-algorithm=myers", "-U3", old, new],
+                          stdout=subprocess.PIPE, timeout=60)
     if proc.returncode not in (0, 1):
         raise VariantError("git diff --no-index %s %s failed" % (old, new))
     text = proc.stdout.decode("utf-8")
