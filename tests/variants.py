@@ -160,7 +160,9 @@ def make_diff(old, new):
         raise VariantError("git diff --no-index %s %s failed" % (old, new))
     text = proc.stdout.decode("utf-8")
     body = text[text.find("\n@@") + 1:] if "\n@@" in text else ""
-    return HEADER + re.sub(r"(?m)^(@@ [^@]* @@).*$", r"\1", body)
+    newline = "\r\n" if "\r\n" in body else "\n"  # a CR LF checkout: its diffs too
+    return (HEADER.replace("\n", newline) +
+            re.sub(r"(?m)^(@@ [^@]* @@)[^\n]*\n", lambda m: m.group(1) + newline, body))
 
 
 def unpacked(stage):
