@@ -79,7 +79,10 @@ def run_program(exe, args, stdin=b"", timeout=30.0):
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # another process holds its output open
+            out = err = b""
         raise Fail("%s %s did not end within %.0f s (stdout %r, stderr %r)"
                    % (os.path.basename(exe), " ".join(map(str, args)), timeout,
                       _tail(out), _tail(err)))
@@ -686,6 +689,17 @@ class Wineserver:
             self.keeper = subprocess.Popen(["wine", "cmd"], stdin=subprocess.PIPE,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                            env=CHILD_ENV)
+            # The prefix's system processes (services.exe, winedevice.exe, ...) inherit the
+            # stdout and stderr of the Wine program that starts them, and live as long as the
+            # wineserver: started by a program whose output we read to its end, they would hold
+            # that end back. Measured 2026-12-07: `experiments.py 07_socket_pool key_demo`, whose
+            # first Wine program is key_demo, hung so. A program with no output starts them.
+            try:
+                subprocess.run(["wine", "cmd", "/c", "exit"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=CHILD_ENV, timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                pass  # the programs will start them; a read then ends at its own time limit
 
     def stop(self):
         """Waits for our wineserver to exit on its own; only if it does not, ends it by PID."""
