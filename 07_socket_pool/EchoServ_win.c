@@ -5,15 +5,12 @@
  *
  * What this stage teaches:
  * A closing session does not closesocket() its socket: it disconnects it for reuse, overlapped,
- * with DisconnectEx (TF_REUSE_SOCKET) or TransmitFile (TF_DISCONNECT | TF_REUSE_SOCKET); when that
- * completes, the socket goes back to the pool and the next AcceptEx takes it, instead of a new
+ * with DisconnectEx (TF_REUSE_SOCKET); when that completes, the socket goes back to the pool and the next AcceptEx takes it, instead of a new
  * WSASocket().
  *
  * Changed from the previous stage:
  * The sockets come from a pool; each socket is associated with the port once, when the pool makes
  * it, and the session is always found from the OVERLAPPED, never from the key.
- * DisconnectEx is the default: client versions of Windows run at most two TransmitFile calls at
- * once (Microsoft's TransmitFile page), and under Wine 8 each TransmitFile leaks 64 KiB.
  * The stop of 06 also cancels the pending disconnects and closes every pooled socket once; the last
  * lines count the sockets made and reused.
  *
@@ -59,7 +56,7 @@
  *     that needs the lock); a cancel holds (a closing flag, checked under the session's lock).
  *   - a session is disconnected only when its I/O count is 0: every byte echoed, nothing pending;
  *     and only when the client closed first, so that no TIME_WAIT delays the disconnect.
- *   - TransmitFile/DisconnectEx returning TRUE and FALSE with ERROR_IO_PENDING both mean a
+ *   - DisconnectEx returning TRUE and FALSE with ERROR_IO_PENDING both mean a
  *     completion will come; only another error means none (the socket is closed then).
  *   - AcceptEx takes only a socket that is not connected: after the disconnect SO_CONNECT_TIME
  *     must say so, or the socket is closed (Wine 8 reuses none: see the README).
@@ -67,7 +64,7 @@
  *     shortage of sockets at start-up is no exit.
  *
  * Build: x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -o EchoServ_win.exe EchoServ_win.c -lws2_32
- * Run:   EchoServ_win.exe <port> [disconnectex|transmitfile]   (0 picks a free port)
+ * Run:   EchoServ_win.exe <port>   (0 picks a free port)
  */
 /* Declare what Windows Vista added (GetTickCount64, CancelIoEx, SRW locks, WSAPoll): an older
  * MinGW-w64 (TDM-GCC, Dev-C++'s) targets Windows Server 2003 (0x0502) unless told, and would
@@ -159,10 +156,7 @@ typedef struct SERVER {
     SOCKET hServSock;
     LPFN_ACCEPTEX pfnAcceptEx;
     LPFN_GETACCEPTEXSOCKADDRS pfnGetAcceptExSockaddrs;
-    LPFN_TRANSMITFILE pfnTransmitFile;
     LPFN_DISCONNECTEX pfnDisconnectEx;
-    BOOL useDisconnectEx;       /* the second argument: DisconnectEx (default), else TransmitFile */
-    const char *disconnectName; /* "TransmitFile()" or "DisconnectEx()", for error lines */
     SOCKET_POOL pool;
     CRITICAL_SECTION lock;      /* guards stopping, the AcceptEx and disconnect posts, the flags
                                    connected and disconnecting, the counts, the retry list and
@@ -194,23 +188,18 @@ static void PostAccept(SESSION *session);
 static void OnAcceptFailed(SERVER *server, DWORD err);
 static BOOL OnAcceptCompleted(SESSION *session);
 
-/* Reads the arguments: a port from 0 to 65535, then optionally how a session's socket is
- * disconnected for reuse (DisconnectEx by default); anything else prints the usage and exits 1. */
-static unsigned short ParsePort(int argc, char *argv[], BOOL *useDisconnectEx)
+/* Reads the one argument, a port from 0 to 65535; anything else prints the usage and exits 1. */
+static unsigned short ParsePort(int argc, char *argv[])
 {
     char *end = NULL;
     long port = -1;
-    BOOL modeOk = argc == 2 || (argc == 3 && (strcmp(argv[2], "disconnectex") == 0 ||
-                                              strcmp(argv[2], "transmitfile") == 0));
 
-    if (modeOk)
+    if (argc == 2)
         port = strtol(argv[1], &end, 10);
-    if (!modeOk || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
-        fprintf(stderr, "Usage: %s <port> [disconnectex|transmitfile]   (0 to 65535; 0 picks a "
-                "free port; the default is disconnectex)\n", argv[0]);
+    if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
+        fprintf(stderr, "Usage: %s <port>   (0 to 65535; 0 picks a free port)\n", argv[0]);
         exit(1);
     }
-    *useDisconnectEx = !(argc == 3 && strcmp(argv[2], "transmitfile") == 0);
     return (unsigned short)port;
 }
 
@@ -540,8 +529,8 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
     return ok;
 }
 
-/* Disconnects the session's socket for reuse, overlapped: DisconnectEx with TF_REUSE_SOCKET, or
- * TransmitFile with nothing to send and TF_DISCONNECT | TF_REUSE_SOCKET. Called with the count at
+/* Disconnects the session's socket for reuse, overlapped: DisconnectEx with TF_REUSE_SOCKET.
+ * Called with the count at
  * 0: every byte echoed, no I/O pending. Under the server's lock, like PostAccept: posted before
  * the stop (which cancels it) or not at all. Both TRUE (done at once) and FALSE with
  * ERROR_IO_PENDING mean that a completion packet comes: the socket is on a port, and without
@@ -560,18 +549,14 @@ static BOOL PostDisconnect(SESSION *session, FAILURE *failure)
         ioData->rwMode = IO_DISCONNECT;
         session->disconnecting = TRUE;
         InterlockedIncrement(&session->ioCount);
-        if (server->useDisconnectEx)
-            posted = server->pfnDisconnectEx(session->hClntSock, &ioData->overlapped,
-                                             TF_REUSE_SOCKET, 0);
-        else
-            posted = server->pfnTransmitFile(session->hClntSock, NULL, 0, 0, &ioData->overlapped,
-                                             NULL, TF_DISCONNECT | TF_REUSE_SOCKET);
+        posted = server->pfnDisconnectEx(session->hClntSock, &ioData->overlapped,
+                                         TF_REUSE_SOCKET, 0);
         if (!posted) {
             int err = WSAGetLastError();
             posted = err == ERROR_IO_PENDING;
             if (!posted) {
                 if (err != WSAENOTCONN) { /* 10057: a reset client, nothing left to disconnect */
-                    failure->call = server->disconnectName; /* reported after the lock */
+                    failure->call = "DisconnectEx()"; /* reported after the lock */
                     failure->error = err;
                 }
                 InterlockedDecrement(&session->ioCount); /* no completion will come */
@@ -586,9 +571,8 @@ static BOOL PostDisconnect(SESSION *session, FAILURE *failure)
 /* The disconnect is over. AcceptEx takes only a socket that is not connected (Microsoft's AcceptEx
  * page), and SO_CONNECT_TIME tells: for a socket that is not, the value 0xFFFFFFFF says the
  * AcceptEx page, the error WSAENOTCONN the getsockopt page. On Windows the disconnect leaves it
- * so, and it goes back to the pool. Wine 8 ignores TransmitFile's flags (the client's FIN would
- * wait until a later AcceptEx put a new connection into the socket) and only shuts down the
- * sending side in DisconnectEx: such a socket is closed, and the pool makes a new one. */
+ * so, and it goes back to the pool. Wine 8 only shuts down the sending side in DisconnectEx: such
+ * a socket is closed, and the pool makes a new one. */
 static void OnDisconnectCompleted(SESSION *session)
 {
     SERVER *server = session->server;
@@ -707,7 +691,7 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
                     OnAcceptFailed(session->server, err);
             } else {
                 if (err != ERROR_OPERATION_ABORTED)
-                    ReportError(ioData->rwMode == IO_DISCONNECT ? session->server->disconnectName :
+                    ReportError(ioData->rwMode == IO_DISCONNECT ? "DisconnectEx()" :
                                 ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
                 EnterCriticalSection(&session->lock);
                 EndSession(session, &failure);
@@ -901,7 +885,7 @@ static BOOL OnAcceptCompleted(SESSION *session)
     return ok;
 }
 
-/* AcceptEx, GetAcceptExSockaddrs, TransmitFile and DisconnectEx are Microsoft extensions: their
+/* AcceptEx, GetAcceptExSockaddrs and DisconnectEx are Microsoft extensions: their
  * addresses are asked of the socket's provider at run time, as Microsoft's documentation
  * requires. */
 static void LoadExtension(SOCKET hSock, GUID guid, void *function, DWORD size)
@@ -917,10 +901,10 @@ static void LoadExtension(SOCKET hSock, GUID guid, void *function, DWORD size)
  * as many workers run at once as there are processors. One worker per processor, the notes' rule:
  * when one blocks (here only in printf), the port may wake another; 2 x processors is the other
  * usual rule. Only a measurement settles it (see the README). */
-static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
+static void StartServer(SERVER *server, SOCKET hServSock)
 {
     GUID acceptExId = WSAID_ACCEPTEX, sockaddrsId = WSAID_GETACCEPTEXSOCKADDRS;
-    GUID transmitFileId = WSAID_TRANSMITFILE, disconnectExId = WSAID_DISCONNECTEX;
+    GUID disconnectExId = WSAID_DISCONNECTEX;
     SYSTEM_INFO sysInfo;
     DWORD i;
 
@@ -941,12 +925,8 @@ static void StartServer(SERVER *server, SOCKET hServSock, BOOL useDisconnectEx)
     LoadExtension(hServSock, acceptExId, &server->pfnAcceptEx, sizeof(server->pfnAcceptEx));
     LoadExtension(hServSock, sockaddrsId, &server->pfnGetAcceptExSockaddrs,
                   sizeof(server->pfnGetAcceptExSockaddrs));
-    LoadExtension(hServSock, transmitFileId, &server->pfnTransmitFile,
-                  sizeof(server->pfnTransmitFile));
     LoadExtension(hServSock, disconnectExId, &server->pfnDisconnectEx,
                   sizeof(server->pfnDisconnectEx));
-    server->useDisconnectEx = useDisconnectEx;
-    server->disconnectName = useDisconnectEx ? "DisconnectEx()" : "TransmitFile()";
     /* The AcceptEx completions come to the port too; key 0, not used. */
     if (CreateIoCompletionPort((HANDLE)hServSock, server->hComPort, 0, 0) == NULL)
         ErrorHandlingCode("CreateIoCompletionPort()", GetLastError());
@@ -1162,14 +1142,14 @@ static void WaitForStop(SERVER *server)
  * (a session that could not post its AcceptEx yet is retried: the line promises no number). Then
  * the workers do everything and the main thread waits for Ctrl+C, retrying those sessions.
  * Returns once the server has stopped, with the last line. */
-static void ServeClients(SOCKET hServSock, BOOL useDisconnectEx)
+static void ServeClients(SOCKET hServSock)
 {
     SERVER server;
     SOCKADDR_IN servAdr;
     int adrSz = sizeof(servAdr);
     int i;
 
-    StartServer(&server, hServSock, useDisconnectEx);
+    StartServer(&server, hServSock);
     for (i = 0; i < POOL_SIZE; i++)
         PostAccept(&server.sessions[i]);
     g_hStopEvent = CreateEvent(NULL, TRUE, FALSE, NULL);
@@ -1193,8 +1173,7 @@ int main(int argc, char *argv[])
 {
     WSADATA wsaData;
     SOCKET hServSock;
-    BOOL useDisconnectEx;
-    unsigned short port = ParsePort(argc, argv, &useDisconnectEx);
+    unsigned short port = ParsePort(argc, argv);
     int err;
 
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
@@ -1205,7 +1184,7 @@ int main(int argc, char *argv[])
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
     hServSock = OpenListenSocket(port);
-    ServeClients(hServSock, useDisconnectEx); /* StopServer has closed hServSock */
+    ServeClients(hServSock); /* StopServer has closed hServSock */
 
     WSACleanup();
     return 0;

@@ -79,7 +79,10 @@ def run_program(exe, args, stdin=b"", timeout=30.0):
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # another process holds its output open
+            out = err = b""
         raise Fail("%s %s did not end within %.0f s (stdout %r, stderr %r)"
                    % (os.path.basename(exe), " ".join(map(str, args)), timeout,
                       _tail(out), _tail(err)))
@@ -692,8 +695,9 @@ class Wineserver:
         # Then wait until the prefix's system processes (services.exe, winedevice.exe...) run.
         # The first Wine program a wineserver serves starts them, and they inherit its stdout and
         # stderr: started by a test's program, they held its pipes open after it had ended, and
-        # reading its output to the end waited until the suite's end (seen: client_errors
-        # abandoned after 300 s, 2 runs in 8). Started here, they hold nothing of ours.
+        # reading its output to the end waited until the suite's end (seen 2026-12-07: client_errors
+        # abandoned after 300 s, 2 runs in 8; `experiments.py 07_socket_pool key_demo`, whose
+        # first Wine program is key_demo, hung 12 minutes). Started here, they hold nothing of ours.
         try:
             subprocess.run(["wine", "cmd", "/c", "exit"], timeout=60, **quiet)
         except (OSError, subprocess.TimeoutExpired):

@@ -45,11 +45,9 @@ each stage promises):
   churn              600 (06, 07: 2,000) connect/echo/close cycles; the server's memory may not
                      grow once warm; for 05-07 the Shutdown line then counts them exactly;
                      for 07 the pool reused sockets (required on Windows only)
-  transmitfile_churn (07) churn in transmitfile mode (its memory unchecked under Wine: Wine 8's
-                     TransmitFile leaks 64 KiB a call)
   ctrl_c             Ctrl+C with one client mid-transfer and one idle: ends within 2 s; 05-07:
                      exit 0 and a last line `Shutdown: A accepted, C closed, B bytes echoed`
-                     with A = C, and B exact on a run with known traffic
+                     with A = C, and B exact on a run with known traffic; 01-04: no Shutdown line
   fd_shortage        (06, 07) the wineserver's descriptor limit lowered while the server starts,
                      raised 1 s later: then 1,000 clients at once, all echoed within 10 s
   unread_stdout      (05-07) stdout a 4 KiB pipe left unread while clients connect, echo and
@@ -58,12 +56,18 @@ each stage promises):
                      ends it within 2 s (05-07, appendix: exit 0; the appendix died of SIGPIPE)
   stalled_stderr     (06) stderr full and unread while a session's accept fails: 20 clients
                      are still echoed (the failing thread holds no lock while it writes)
-  experiment_NAME    each lesson's broken variant (NN_name/experiments/, tests/experiments.py) in
-                     a short form: the variant past its README's threshold, the stage not
+  experiment_NAME    each lesson's broken variant (NN_name/experiments/NAME.diff, built under
+                     build/experiments/; tests/experiments.py) in a short form: the variant past
+                     its README's threshold, the stage not
+  stepN NAME         each intermediate N of a stage with steps (NN_name/steps/N-name.diff, built
+                     under build/steps/): client_transcript, binary_echo, concurrent, over_limit,
+                     resets, half_close, slow_reader, ctrl_c (graceful or not: STEP_CONTRACT)
 appendix_epoll (Linux only) is a native program, run without Wine, held to 05-07's contract: every
 test above that applies to them runs against it, in seconds.
-and once: experiment_budgets (each variant differs from its stage's current EchoServ_win.c by at
-most its lesson's lines; every experiments/*.c is listed),
+and once: experiment_budgets (every experiments/*.diff is listed, applies to its stage's current
+EchoServ_win.c with `git apply --check` and changes at most its lesson's lines),
+steps_compose (each stage's steps/N-name.diff, numbered from 1, applied in order to the previous
+stage's EchoServ_win.c give the stage's, byte for byte),
 clients_identical (every stage's StableEchoClnt_win.c is byte for byte 01's),
 shared_functions (the functions 05, 06 and 07 share are the same where SAME_FUNCTIONS says so,
 and every other one is in WHY_DIFFERENT with its reason),
@@ -84,6 +88,7 @@ measuring windows (under_load) or a hold that a correct server passes at any len
 and how long a shortage or an unread pipe lasts in fd_shortage, accept_shortage, unread_stdout).
 """
 import argparse
+import copy
 import glob
 import os
 import random
@@ -94,6 +99,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -104,6 +110,7 @@ from harness import (ON_WINDOWS, STOP_LIMIT, CHILD_ENV, ClientCount, EchoLoad, F
                      pattern_bytes, push_without_reading, random_bytes, reset, run_program,
                      stream_slice)
 import experiments  # noqa: E402  (the lessons' broken variants: tests/experiments.py)
+import variants  # noqa: E402  (experiments and steps as diffs, applied with git apply)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_EXE, CLIENT_EXE = "EchoServ_win.exe", "StableEchoClnt_win.exe"
@@ -483,8 +490,9 @@ LINUX_ONLY_SOURCES = ("bare_epoll_echo.c",)
 
 
 def windows_sources(headers=True, bench=True):
-    """Every stage's and variant's .c file; with headers, common/*.h; with bench, bench/'s
-    Windows sources (not the Linux-only ones)."""
+    """Every stage's .c file and experiments/*.c (programs of their own); with headers,
+    common/*.h; with bench, bench/'s Windows sources (not the Linux-only ones). The variants and
+    intermediates made from diffs: applied_variants."""
     paths = (glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*.c")) +
              glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "experiments", "*.c")))
     if headers:
@@ -495,18 +503,42 @@ def windows_sources(headers=True, bench=True):
     return sorted(paths)
 
 
+def applied_variants(tmp):
+    """Every experiment diff and every intermediate (steps), applied under tmp:
+    {path: (its stage, what to call it in a report)}."""
+    found = {}
+    try:
+        for stage in variants.STAGES:
+            if not os.path.isfile(variants.stage_file(stage)):
+                continue
+            for name in variants.experiment_diffs(stage):
+                out = os.path.join(tmp, "experiments", stage, name, variants.SOURCE)
+                variants.build_variant("experiments", stage, name, out)
+                found[out] = (stage, "%s/experiments/%s.diff" % (stage, name))
+            for n in range(1, len(variants.step_diffs(stage))):
+                out = os.path.join(tmp, "steps", stage, str(n), variants.SOURCE)
+                variants.build_variant("steps", stage, str(n), out)
+                found[out] = (stage, "%s step %d" % (stage, n))
+    except variants.VariantError as err:
+        raise Fail(str(err))
+    return found
+
+
 def test_no_deprecated_names():
     """No stage, common/ or bench/ calls a function MSVC warns C4996 about (see DEPRECATED_NAMES)."""
     kinds = {name: kind for kind, names in DEPRECATED_NAMES.items() for name in names.split()}
     call = re.compile(r"(?<![\w.>])(%s)\s*\(" % "|".join(sorted(kinds, key=len, reverse=True)))
-    paths = windows_sources()
     found = []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in windows_source_lines(f.read()):
-                for match in call.finditer(line):
-                    found.append("%s:%d: %s (%s)" % (os.path.relpath(path, REPO), number,
-                                                     match.group(1), kinds[match.group(1)]))
+    with tempfile.TemporaryDirectory() as tmp:
+        made = applied_variants(tmp)
+        paths = windows_sources() + sorted(made)
+        for path in paths:
+            shown = made[path][1] if path in made else os.path.relpath(path, REPO)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in windows_source_lines(f.read()):
+                    for match in call.finditer(line):
+                        found.append("%s:%d: %s (%s)" % (shown, number, match.group(1),
+                                                         kinds[match.group(1)]))
     if found:
         raise Fail("MSVC marks these deprecated (C4996; an error under /sdl): " + "; ".join(found))
     return "%d files, %d names checked" % (len(paths), len(kinds))
@@ -522,34 +554,43 @@ def test_old_mingw_default():
     gcc = shutil.which("x86_64-w64-mingw32-gcc")
     if gcc is None:
         raise Skip("x86_64-w64-mingw32-gcc is not installed")
-    paths = windows_sources(headers=False)
-    missing = []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        define = text.find("#define _WIN32_WINNT 0x0600")
-        if define < 0 or define > text.find("#include"):
-            missing.append(os.path.relpath(path, REPO))
-    if missing:
-        raise Fail("no #define _WIN32_WINNT 0x0600 before the first #include: " + ", ".join(missing))
+    with tempfile.TemporaryDirectory() as tmp:
+        made = applied_variants(tmp)
+        paths = windows_sources(headers=False) + sorted(made)
 
-    def compile_one(path):
-        # -I the file's folder's parent: a variant's "../common/..." is its stage's, as in make
-        proc = subprocess.run([gcc, "-std=c11", "-pedantic", "-Wall", "-Wextra", "-Wvla",
-                               "-Werror", "-fsyntax-only",
-                               "-I", os.path.join(REPO, "tests", "old_mingw"),
-                               "-I", os.path.dirname(os.path.dirname(path)), path],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-        lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-        if proc.returncode == 0:
-            return None
-        return "%s: %s" % (os.path.relpath(path, REPO),
-                           next((line for line in lines if "error" in line),
-                                lines[-1] if lines else "exit code %d" % proc.returncode))
+        def shown(path):
+            return made[path][1] if path in made else os.path.relpath(path, REPO)
 
-    import concurrent.futures
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        found = [result for result in pool.map(compile_one, paths) if result]
+        missing = []
+        for path in paths:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            define = text.find("#define _WIN32_WINNT 0x0600")
+            if define < 0 or define > text.find("#include"):
+                missing.append(shown(path))
+        if missing:
+            raise Fail("no #define _WIN32_WINNT 0x0600 before the first #include: "
+                       + ", ".join(missing))
+
+        def compile_one(path):
+            # -I the stage: a variant's "../common/..." is its stage's, as in make
+            include = os.path.join(REPO, made[path][0]) if path in made else \
+                os.path.dirname(os.path.dirname(path))
+            proc = subprocess.run([gcc, "-std=c11", "-pedantic", "-Wall", "-Wextra", "-Wvla",
+                                   "-Werror", "-fsyntax-only",
+                                   "-I", os.path.join(REPO, "tests", "old_mingw"),
+                                   "-I", include, path],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+            if proc.returncode == 0:
+                return None
+            return "%s: %s" % (shown(path),
+                               next((line for line in lines if "error" in line),
+                                    lines[-1] if lines else "exit code %d" % proc.returncode))
+
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            found = [result for result in pool.map(compile_one, paths) if result]
     if found:
         raise Fail("with _WIN32_WINNT 0x0502 as the default: " + "; ".join(found))
     return "%d files, no warning" % len(paths)
@@ -581,12 +622,12 @@ def test_workflow_lint():
 # the stages listed (a fix to one reaches all); every other function two adjacent stages share is
 # listed with why it differs, so a new shared function must be placed in one list or the other.
 SAME_FUNCTIONS = {
-    ("05", "06", "07"): "CtrlHandler FormatAddress ResetOverlapped ReleaseSession NoteStopFailure",
-    ("05", "06"): "ParsePort",
+    ("05", "06", "07"): "ParsePort CtrlHandler FormatAddress ResetOverlapped ReleaseSession "
+                        "NoteStopFailure",
     ("06", "07"): "OpenListenSocket ReportFailure EndSession PostRecv PostSend SendMsg "
                   "OnSendCompleted ParkSession IsResetBeforeAccept CountAcceptFailure "
                   "ReportAcceptFailure PostAccept OnAcceptFailed LoadExtension CancelForStop "
-                  "RetryAccepts WaitForStop",
+                  "RetryAccepts WaitForStop main",
 }
 WHY_DIFFERENT = {  # (name, stage): why it differs from the previous stage's
     ("OpenListenSocket", "06"): "the WSA_FLAG_OVERLAPPED comment names what needs it (the "
@@ -614,10 +655,8 @@ WHY_DIFFERENT = {  # (name, stage): why it differs from the previous stage's
                           "listening socket last, frees the pool",
     ("StopServer", "07"): "cancels the pending disconnects, closes the socket pool",
     ("ServeClients", "06"): "posts the pool's AcceptEx calls; the main thread only waits for Ctrl+C",
-    ("ServeClients", "07"): "passes the disconnect mode on",
-    ("ParsePort", "07"): "07 also reads how a socket is disconnected for reuse",
+    ("ServeClients", "07"): "prints the socket pool's counts before the Shutdown line",
     ("main", "06"): "a comment: StopServer closes the listening socket",
-    ("main", "07"): "passes the disconnect mode on",
 }
 
 
@@ -805,7 +844,8 @@ def test_name_map_current():
     end = text.find("\n## ", start + 1)
     part = text[start:end if end > 0 else len(text)]
     words = set(os.listdir(REPO))
-    for path in windows_sources(bench=False):
+    for path in windows_sources(bench=False) + \
+            glob.glob(os.path.join(REPO, "[0-9][0-9]_*", "*", "*.diff")):
         with open(path, encoding="utf-8", errors="replace") as f:
             words.update(re.findall(r"[A-Za-z_]\w*", f.read()))
     rows, missing = 0, []
@@ -1264,13 +1304,6 @@ def test_churn(t):
     return churn(t, t.stage.churn_cycles)
 
 
-def test_transmitfile_churn(t):
-    # Wine 8's TransmitFile mallocs a 64 KiB buffer per call and never frees it (about 4 KiB of
-    # RSS a call, measured): a Wine bug the server cannot avoid, so memory is checked on Windows.
-    summary = churn(t, t.stage.churn_cycles, "0", "transmitfile", check_memory=ON_WINDOWS)
-    return summary if ON_WINDOWS else summary + " (memory not checked: Wine's TransmitFile leaks)"
-
-
 def test_ctrl_c(t):
     srv = t.server()
     busy, idle = connect(srv.port), connect(srv.port)
@@ -1294,6 +1327,8 @@ def test_ctrl_c(t):
     if result.seconds is None:
         raise Fail("still running 2 s after Ctrl+C with a client mid-transfer (killed)")
     summary = "stopped in %.2f s" % result.seconds
+    if not t.stage.graceful and any(SHUTDOWN.search(line) for line in srv.output("stdout")):
+        raise Fail("a Shutdown line, where this server is to end at once on Ctrl+C")
     if t.stage.graceful:
         check_graceful_stop(t, srv, result, accepted=2, echoed_between=(received, sent))
         # a run with known traffic only: every count exact
@@ -1893,28 +1928,55 @@ def test_experiment(exp):
 
 
 def test_experiment_budgets(stages):
-    """Every server variant differs from its stage's current EchoServ_win.c by at most its
-    lesson's lines (experiments.EXPERIMENTS holds the budgets), and every NN_name/experiments/*.c
-    is a listed experiment: a change to a stage must be carried into its variants."""
+    """Every NN_name/experiments/*.diff is a listed experiment (experiments.EXPERIMENTS), applies
+    cleanly to its stage's current EchoServ_win.c (git apply --check), and changes at most its
+    lesson's lines (its budget); no server variant is a .c copy of its stage any more."""
     listed = {(exp.stage, exp.name) for exp in experiments.EXPERIMENTS}
+    standalone = {(exp.stage, exp.name + ".c") for exp in experiments.EXPERIMENTS if exp.standalone}
     for stage in stages:
         folder = os.path.join(REPO, stage.name, "experiments")
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if name.endswith(".c") and (stage.name, name[:-2]) not in listed:
+            if name.endswith(".diff") and (stage.name, name[:-5]) not in listed:
                 raise Fail("%s/experiments/%s is not in tests/experiments.py's EXPERIMENTS"
                            % (stage.name, name))
+            if name.endswith(".c") and (stage.name, name) not in standalone:
+                raise Fail("%s/experiments/%s: a server variant is a .diff against its stage "
+                           "(CONTRIBUTING.md), not a copy" % (stage.name, name))
     figures = []
     for exp in experiments.EXPERIMENTS:
-        if exp.standalone:
+        if exp.standalone or not os.path.isdir(os.path.join(REPO, exp.stage)):
             continue
-        lines = experiments.diff_lines(exp)
+        if not os.path.isfile(exp.source()):
+            raise Fail("%s is listed but missing" % os.path.relpath(exp.source(), REPO))
+        try:
+            variants.check_applies(exp.stage, exp.name)
+        except variants.VariantError as err:
+            raise Fail("%s: carry the stage's change into it (CONTRIBUTING.md: unpack, pack)" % err)
+        lines = variants.changed_lines(exp.source())
         if lines > exp.budget:
-            raise Fail("%s/experiments/%s.c differs from %s/EchoServ_win.c by %d lines, its lesson "
-                       "by %d: carry the stage's changes into it (git merge-file), or update the "
-                       "budget if the lesson itself changed" % (exp.stage, exp.name, exp.stage,
-                                                                lines, exp.budget))
+            raise Fail("%s/experiments/%s.diff changes %d lines, its lesson %d: only the lesson "
+                       "and its header belong in it (or update the budget if the lesson itself "
+                       "changed)" % (exp.stage, exp.name, lines, exp.budget))
         figures.append("%s %d/%d" % (exp.name, lines, exp.budget))
-    return ", ".join(figures)
+    return "git apply --check: all apply; " + ", ".join(figures)
+
+
+def test_steps_compose():
+    """For every stage with steps/: the diffs are named N-name.diff, numbered from 1, and applied
+    in order to the previous stage's EchoServ_win.c they give this stage's, byte for byte."""
+    figures = []
+    for stage in variants.STAGES:
+        if not os.path.isdir(os.path.join(REPO, stage, "steps")):
+            continue
+        problem = variants.compose_problem(stage)
+        if problem:
+            raise Fail(problem)
+        sizes = [variants.changed_lines(d) for d in variants.step_diffs(stage)]
+        figures.append("%s: %d steps (%s changed lines)" % (stage, len(sizes),
+                                                            ", ".join(map(str, sizes))))
+    if not figures:
+        raise Skip("no stage has steps/ yet")
+    return "; ".join(figures)
 
 
 class Stage:
@@ -1938,8 +2000,8 @@ STAGES = [
     Stage("04_completion_routine", limit=1000, graceful=False),
     Stage("05_iocp_basic", limit=1000, graceful=True),
     Stage("06_iocp_acceptex", limit=1000, graceful=True, churn_cycles=2000, pooled_sessions=1016),
-    Stage("07_socket_pool", limit=1000, graceful=True, churn_cycles=2000,
-          modes=("disconnectex", "transmitfile"), socket_pool=True, pooled_sessions=1016),
+    Stage("07_socket_pool", limit=1000, graceful=True, churn_cycles=2000, socket_pool=True,
+          pooled_sessions=1016),
     # The Linux appendix: the same contract as 05-07, native (epoll), built by cc, not on Windows.
     Stage("appendix_epoll", limit=1000, graceful=True, churn_cycles=2000,
           programs=("EchoServ_epoll", "StableEchoClnt")),
@@ -1971,7 +2033,6 @@ TESTS = [
      lambda s: True if s.limit and s.limit >= 1000 else
      "burst needs 1,000 clients at once; this stage's limit is %s" % (s.limit or 1)),
     ("churn", test_churn, lambda s: True),
-    ("transmitfile_churn", test_transmitfile_churn, lambda s: "transmitfile" in s.modes),
     ("ctrl_c", test_ctrl_c, lambda s: True),
     ("fd_shortage", test_fd_shortage, lambda s: s.pooled_sessions > 0),
     ("accept_shortage", test_accept_shortage,
@@ -1986,6 +2047,43 @@ TESTS = [
      for exp in experiments.EXPERIMENTS]
 
 
+# The intermediates of a stage with steps (NN_name/steps/N-name.diff, built as
+# build/steps/NN_name/N/EchoServ_win.exe) keep a short part of the contract: these tests.
+STEP_TESTS = [
+    ("client_transcript", test_client_transcript),
+    ("binary_echo", test_binary_echo),
+    ("concurrent", test_concurrent),
+    ("over_limit", test_over_limit),
+    ("resets", test_resets),
+    ("half_close", test_half_close),
+    ("slow_reader", test_slow_reader),
+    ("ctrl_c", test_ctrl_c),
+]
+# Where an intermediate promises other than its stage: {(stage, N): {Stage attribute: value}}.
+# 05's step 1 is the completion port without the graceful stop: Ctrl+C ends it at once, as in
+# 01-04, with no Shutdown line. Every other intermediate of 05 and 06 stops gracefully.
+STEP_CONTRACT = {
+    ("05_iocp_basic", 1): {"graceful": False},
+}
+
+
+def step_stages(stage, exe_dir):
+    """[(N, the Stage an intermediate N promises, its .exe)] for N = 1 .. steps - 1 (the last
+    step gives the stage itself)."""
+    if stage.native:
+        return []
+    steps = variants.step_diffs(stage.name) if stage.name in variants.STAGES else []
+    found = []
+    for n in range(1, len(steps)):
+        promise = copy.copy(stage)
+        for name, value in STEP_CONTRACT.get((stage.name, n), {}).items():
+            setattr(promise, name, value)
+        exe = os.path.join(experiments.variants_dir(exe_dir), "steps", stage.name, str(n),
+                           SERVER_EXE)
+        found.append((n, promise, exe))
+    return found
+
+
 # Run once, not per stage: (name, function, its arguments).
 ONCE_TESTS = [
     ("clients_identical", test_clients_identical, (STAGES,)),
@@ -1997,6 +2095,7 @@ ONCE_TESTS = [
     ("readme_diff_table", test_readme_diff_table, (STAGES,)),
     ("msvc_flags_match", test_msvc_flags_match, ()),
     ("experiment_budgets", test_experiment_budgets, (STAGES,)),
+    ("steps_compose", test_steps_compose, ()),
 ]
 
 
@@ -2047,6 +2146,25 @@ def selected(name, patterns):
     return not patterns or any(p in name for p in patterns)
 
 
+def run_test(results, full, function, t, args):
+    t0 = time.monotonic()
+    try:
+        verdict, detail = run_guarded(function, t)
+        if verdict == "FAIL":
+            for srv in t.servers:  # a server that died explains most failures
+                if srv.stopped is None and srv.proc is not None and not srv.alive():
+                    detail += " [the server had exited with code %s; last lines: %s]" % (
+                        srv.proc.returncode, srv.tail())
+    finally:
+        t.cleanup()
+    if verdict == "FAIL" and args.verbose:
+        for srv in t.servers:
+            detail += "\n      server log: " + srv.tail(12)
+    if verdict == "PASS" and not args.verbose:
+        detail = detail if function in SHOW_FIGURES else ""
+    results.report(verdict, full, time.monotonic() - t0, detail)
+
+
 def run_stage(stage, exe_dir, args, results):
     missing = [exe for exe in stage.programs
                if not os.path.isfile(os.path.join(exe_dir, stage.name, exe))]
@@ -2064,30 +2182,34 @@ def run_stage(stage, exe_dir, args, results):
         if verdict is not True:
             results.report("SKIP", full, None, verdict)
             continue
-        t = Context(stage, exe_dir, args.verbose)
-        t0 = time.monotonic()
-        try:
-            verdict, detail = run_guarded(function, t)
-            if verdict == "FAIL":
-                for srv in t.servers:  # a server that died explains most failures
-                    if srv.stopped is None and srv.proc is not None and not srv.alive():
-                        detail += " [the server had exited with code %s; last lines: %s]" % (
-                            srv.proc.returncode, srv.tail())
-        finally:
-            t.cleanup()
-        if verdict == "FAIL" and args.verbose:
-            for srv in t.servers:
-                detail += "\n      server log: " + srv.tail(12)
-        if verdict == "PASS" and not args.verbose:
-            detail = detail if function in SHOW_FIGURES else ""
-        results.report(verdict, full, time.monotonic() - t0, detail)
+        run_test(results, full, function, Context(stage, exe_dir, args.verbose), args)
+    try:
+        steps = step_stages(stage, exe_dir)
+    except variants.VariantError as err:
+        steps = []
+        if selected("%s step" % stage.name, args.k):
+            count += 1
+            results.report("FAIL", "%s steps" % stage.name, None, str(err))
+    for n, promise, exe in steps:
+        for name, function in STEP_TESTS:
+            full = "%s step%d %s" % (stage.name, n, name)
+            if not selected(full, args.k):
+                continue
+            count += 1
+            if not os.path.isfile(exe):
+                results.report("FAIL", full, None, "%s is not built (make -f Makefile.win steps)"
+                               % exe)
+                continue
+            t = Context(promise, exe_dir, args.verbose)
+            t.server_exe = exe
+            run_test(results, full, function, t, args)
     if count:
         print("# %s: %d tests in %.1f s" % (stage.name, count, time.monotonic() - started),
               flush=True)
 
 
 # PASS lines of these tests carry their figures even without -v.
-SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_transmitfile_churn, test_slow_reader,
+SHOW_FIGURES = {test_under_load, test_burst, test_churn, test_slow_reader,
                 test_over_limit, test_fd_shortage, test_unread_stdout,
                 test_ctrl_c_twice, test_ctrl_c_full_backlog}
 SHOW_FIGURES.update(function for name, function, _ in TESTS if name.startswith("experiment_"))
