@@ -194,7 +194,9 @@ int main(int argc, char *argv[])
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
     if (err != 0)
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
-    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+    /* NULL, FALSE first: a process started with `start /b`, or in a new process group, inherits
+       "ignore Ctrl+C", and no handler would see it (SetConsoleCtrlHandler's page). */
+    if (!SetConsoleCtrlHandler(NULL, FALSE) || !SetConsoleCtrlHandler(CtrlHandler, TRUE))
         ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 

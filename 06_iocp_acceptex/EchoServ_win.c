@@ -454,6 +454,17 @@ static void ReleaseSession(SESSION *session)
         CloseSession(session);
 }
 
+/* A failed I/O that needs no line: 995 (ERROR_OPERATION_ABORTED) is our own CancelIoEx; and once
+ * we are cancelling (the session is closing, or the server stopping), 64 (ERROR_NETNAME_DELETED)
+ * and 1236 (ERROR_CONNECTION_ABORTED) are too: a cancelled I/O may also complete with another
+ * error than 995 (CancelIoEx's page). Wine gave 995 only; Windows was not measured. */
+static BOOL IsExpectedFailure(DWORD err, BOOL cancelling)
+{
+    if (err == ERROR_OPERATION_ABORTED)
+        return TRUE;
+    return cancelling && (err == ERROR_NETNAME_DELETED || err == ERROR_CONNECTION_ABORTED);
+}
+
 /* A worker: takes completions off the port, for any client, until the stop's sentinel. The
  * OVERLAPPED points into a PER_IO_DATA, which names its session. */
 static DWORD WINAPI WorkerThreadMain(LPVOID param)
@@ -480,19 +491,21 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
         session = ioData->session;
         if (!ok) {
             /* That I/O failed; key and OVERLAPPED are valid. A Win32 code: 64 (the client reset),
-               1236 (aborted), 995 (cancelled by the stop: not worth a line). Post nothing, and
-               end the session's other I/O (EndSession): it closes once both are over. */
+               1236 (aborted), 995 (cancelled); IsExpectedFailure says which need no line. Post
+               nothing, and end the session's other I/O (EndSession): it closes once both are over. */
             DWORD err = GetLastError();
             FAILURE failure = {NULL, 0};
+            BOOL quiet;
             if (ioData->rwMode == IO_ACCEPT) {
-                if (err != ERROR_OPERATION_ABORTED)
+                if (!IsExpectedFailure(err, g_state == STOPPING))
                     OnAcceptFailed(session->server, err);
             } else {
-                if (err != ERROR_OPERATION_ABORTED)
-                    ReportError(ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
                 EnterCriticalSection(&session->lock);
+                quiet = IsExpectedFailure(err, session->closing || g_state == STOPPING);
                 EndSession(session, &failure);
                 LeaveCriticalSection(&session->lock);
+                if (!quiet) /* after the lock: no log line is written under one */
+                    ReportError(ioData->rwMode == IO_SEND ? "WSASend()" : "WSARecv()", err);
                 ReportFailure(&failure);
             }
         } else if (ioData->rwMode == IO_ACCEPT) {
@@ -964,7 +977,9 @@ int main(int argc, char *argv[])
     err = WSAStartup(MAKEWORD(2, 2), &wsaData);
     if (err != 0)
         ErrorHandlingCode("WSAStartup()", (DWORD)err);
-    if (!SetConsoleCtrlHandler(CtrlHandler, TRUE))
+    /* NULL, FALSE first: a process started with `start /b`, or in a new process group, inherits
+       "ignore Ctrl+C", and no handler would see it (SetConsoleCtrlHandler's page). */
+    if (!SetConsoleCtrlHandler(NULL, FALSE) || !SetConsoleCtrlHandler(CtrlHandler, TRUE))
         ErrorHandlingCode("SetConsoleCtrlHandler()", GetLastError());
     QuickEditOff(); /* a selection in the console would stop the server's next log line */
 
