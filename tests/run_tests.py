@@ -831,6 +831,52 @@ def test_readme_diff_table(stages):
                         for key, m in sorted(measured_steps.items())])
 
 
+def test_readme_twins(stages):
+    """Every stage, the appendix and bench have a Korean README.ko.md beside README.md, at
+    parity: each links the other in its first line; the same headings at the same levels, the same
+    code blocks byte for byte, the same links (a link to X.ko.md counts as one to X.md), the same
+    tables (rows and columns); and every code name (in backticks) and every number of the English
+    stands in the Korean too. A change to one README must reach its twin."""
+    def parts(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        blocks = re.findall(r"^ *```.*?^ *```", text, re.S | re.M)
+        prose = re.sub(r"^ *```.*?^ *```", "", text, flags=re.S | re.M)
+        return {
+            "first": text.split("\n", 1)[0],
+            "headings": [len(h) for h in re.findall(r"^(#+) ", prose, re.M)],
+            "blocks": blocks,
+            "links": sorted({link.replace(".ko.md", ".md")
+                             for link in re.findall(r"\]\(([^)]*)\)", text)}),
+            "tables": [line.count("|") for line in prose.splitlines()
+                       if line.lstrip().startswith("|")],
+            "names": {" ".join(name.split()) for name in re.findall(r"`([^`]+)`", prose)},
+            "numbers": {n.replace(",", "") for n in re.findall(r"\d+(?:[.,]\d+)*", prose)},
+        }
+    folders = [stage.name for stage in stages] + ["bench"]
+    wrong = []
+    for folder in folders:
+        english, korean = (os.path.join(REPO, folder, name) for name in ("README.md", "README.ko.md"))
+        if not os.path.isfile(korean):
+            wrong.append("%s has no README.ko.md" % folder)
+            continue
+        en, ko = parts(english), parts(korean)
+        if "](README.ko.md)" not in en["first"] or "](README.md)" not in ko["first"]:
+            wrong.append("%s: the first lines do not link each other" % folder)
+        for key in ("headings", "blocks", "links", "tables"):
+            if en[key] != ko[key]:
+                only = (sorted(set(map(str, en[key])) ^ set(map(str, ko[key])))[:4]
+                        if key in ("links", "blocks") else (en[key], ko[key]))
+                wrong.append("%s: the %s differ %s" % (folder, key, str(only)[:200]))
+        for key in ("names", "numbers"):
+            missing = sorted(en[key] - ko[key])
+            if missing:
+                wrong.append("%s: README.ko.md lacks %s %s" % (folder, key, missing[:6]))
+    if wrong:
+        raise Fail("; ".join(wrong))
+    return "%d pairs at parity: %s" % (len(folders), ", ".join(folders))
+
+
 def test_name_map_current():
     """Every code name in README.ko.md's map from the notes' names to this repository's ("이
     저장소" column) still exists: in a stage's sources, a variant, common/, or as a folder.
@@ -2093,6 +2139,7 @@ ONCE_TESTS = [
     ("workflow_lint", test_workflow_lint, ()),
     ("name_map_current", test_name_map_current, ()),
     ("readme_diff_table", test_readme_diff_table, (STAGES,)),
+    ("readme_twins", test_readme_twins, (STAGES,)),
     ("msvc_flags_match", test_msvc_flags_match, ()),
     ("experiment_budgets", test_experiment_budgets, (STAGES,)),
     ("steps_compose", test_steps_compose, ()),
