@@ -78,6 +78,8 @@ workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not 
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
 readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes, and each
 step's: NN_name/steps/*.diff applied in order with git apply give the stage byte for byte),
+readme_twins (each README.md and its README.ko.md at parity: headings, code blocks, links, tables,
+code names and numbers),
 name_map_current (every code name in README.ko.md's map from the notes' names still exists),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
