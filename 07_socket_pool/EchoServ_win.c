@@ -16,9 +16,9 @@
  *
  * What the book / notes do, and what we do instead:
  * The notes' CSocketPool (Init, Alloc, Free under an SRWLOCK) is SOCKET_POOL here.
- * Their bug was the completion key: a socket stays associated with its completion port, under its
- * FIRST key, until it is closed; associating a reused socket again fails (87) and its completions
- * keep arriving with the old session's key.
+ * The notes found the completion-key pitfall themselves: a socket stays associated with its
+ * completion port, under its FIRST key, until it is closed; associating a reused socket again fails
+ * (87) and its completions keep arriving with the old session's key. Their fix is kept here.
  *
  * Handled here:
  *   - a 0-byte read (the client closed) or an error (a reset) ends that client only.
