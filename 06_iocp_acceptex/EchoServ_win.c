@@ -576,15 +576,20 @@ static BOOL CountAcceptFailure(SERVER *server, LONG64 *count)
     return TRUE;
 }
 
-/* The failure line, outside the lock: the call, how many failed since the last line (the
- * last one's error is shown), and what happens to them. */
-static void ReportAcceptFailure(const char *call, int err, LONG64 count)
+/* The failure line, outside the lock: the call and the last one's error, then how many failed since
+ * the last line and what happens to their sessions: a failed post waits on the retry list; a
+ * failed completion closes its socket and the session posts a new AcceptEx at once. */
+static void ReportAcceptFailure(const char *call, int err, LONG64 count, BOOL posted)
 {
-    char what[160];
+    char note[160];
 
-    snprintf(what, sizeof(what), "%s [%lld failed AcceptEx calls since the last report; each "
-             "session retries after %d ms]", call, (long long)count, ACCEPT_RETRY_MS);
-    ReportError(what, (DWORD)err);
+    if (posted)
+        snprintf(note, sizeof(note), "%lld failed since the last line; each session posts a new "
+                 "AcceptEx at once", (long long)count);
+    else
+        snprintf(note, sizeof(note), "%lld failed since the last line; each session tries again "
+                 "after %d ms", (long long)count, ACCEPT_RETRY_MS);
+    ReportErrorNote(call, (DWORD)err, note);
 }
 
 /* Puts a free session back to accepting. Under the server's lock, which the stop takes to cancel
@@ -618,7 +623,7 @@ static void PostAccept(SESSION *session)
     }
     LeaveCriticalSection(&server->lock);
     if (report)
-        ReportAcceptFailure(failedCall, err, count);
+        ReportAcceptFailure(failedCall, err, count, FALSE);
     if (wake && !SetEvent(server->hRetryEvent))
         ReportError("SetEvent()", GetLastError()); /* cannot fail on a valid handle */
 }
@@ -640,7 +645,7 @@ static void OnAcceptFailed(SERVER *server, DWORD err)
     report = CountAcceptFailure(server, &count);
     LeaveCriticalSection(&server->lock);
     if (report)
-        ReportAcceptFailure("AcceptEx()", (int)err, count);
+        ReportAcceptFailure("AcceptEx()", (int)err, count, TRUE);
 }
 
 /* An AcceptEx is over: the session serves the new client, or closes it at once when the server

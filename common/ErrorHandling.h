@@ -9,6 +9,7 @@
  *   ErrorHandling("bind()")                 fatal: WSAGetLastError()'s text, exit code 1
  *   ErrorHandlingCode("CreateThread()", e)  fatal: an explicit code (GetLastError(), a GQCS code...)
  *   ReportError("recv()", e)                not fatal: one connection failed; log it and go on
+ *   ReportErrorNote("AcceptEx()", e, "...")  the same, with a note after the text
  *   LogLine("Connected client %s", peer)    one log line on stdout, written whole and at once
  *   QuickEditOff()                          at start-up: a mouse selection cannot block our output
  *   EndAtSecondCtrlC()                      in a Ctrl+C handler: the second Ctrl+C ends the process
@@ -147,19 +148,24 @@ static inline void LogLine(const char *format, ...)
     WriteLine(stdout, line);
 }
 
-/* A per-connection failure: report it on stderr and return, so the caller closes that connection. */
-static inline void ReportError(const char *funcName, DWORD code)
+/* ReportError with a note after the text, in brackets (what happens next, how many): NULL for none. */
+static inline void ReportErrorNote(const char *funcName, DWORD code, const char *note)
 {
-    char text[512], line[1024];
+    char text[512], name[64] = "", line[1024];
     const ERROR_INFO *known = FindKnownError(code);
 
     GetErrorText(code, text, sizeof(text));
     if (known != NULL)
-        snprintf(line, sizeof(line), "%s failed: error %lu (%s): %s\n", funcName,
-                 (unsigned long)code, known->name, text);
-    else
-        snprintf(line, sizeof(line), "%s failed: error %lu: %s\n", funcName, (unsigned long)code, text);
+        snprintf(name, sizeof(name), " (%s)", known->name);
+    snprintf(line, sizeof(line), "%s failed: error %lu%s: %s%s%s%s\n", funcName, (unsigned long)code,
+             name, text, note != NULL ? " (" : "", note != NULL ? note : "", note != NULL ? ")" : "");
     WriteLine(stderr, line);
+}
+
+/* A per-connection failure: report it on stderr and return, so the caller closes that connection. */
+static inline void ReportError(const char *funcName, DWORD code)
+{
+    ReportErrorNote(funcName, code, NULL);
 }
 
 /* NO_RETURN marks a function that never returns (it exits, or loops for ever), so that the
