@@ -724,9 +724,8 @@ def test_readme_diff_table(stages):
     """The adjacent diff sizes that README.md's table and README.ko.md's sentence state are the
     current ones: `diff a b`'s changed lines (+ and -), and of them the header comment's (the same
     count over each file's opening comment, down to its first " */" line). A stage with
-    NN_name/steps/*.diff: each step applies (git apply) to the intermediate before it, the last
-    gives the stage byte for byte, and README.md's "NN → NN step N" rows and README.ko.md's
-    "steps/N-name.diff) N줄" state each step's size. A change to a stage must update them; the
+    NN_name/steps/*.diff (steps_compose checks that they give the stage): README.md's "NN → NN
+    step N" rows and README.ko.md's "steps/N-name.diff) N줄" state each step's size. A change to a stage must update them; the
     failure gives the figures to write."""
     diff = shutil.which("diff")
     if diff is None:
@@ -758,34 +757,22 @@ def test_readme_diff_table(stages):
             plus, minus = changed(fa, fb)
             measured[(a[:2], b[:2])] = (plus + minus, plus, minus,
                                         sum(changed(header(fa, folder), header(fb, folder))))
-            steps = sorted(glob.glob(os.path.join(REPO, b, "steps", "*.diff")),
-                           key=lambda path: int(re.match(r"\d+", os.path.basename(path)).group()))
-            if not steps:
-                continue
-            git = shutil.which("git")
-            if git is None:
-                raise Skip("no git program: it applies the steps")
+            try:
+                steps = variants.step_diffs(b)
+            except variants.VariantError as err:
+                raise Fail(str(err))
             previous = fa
-            for number, step in enumerate(steps, 1):  # each intermediate from the one before
-                work = os.path.join(folder, "steps", "%s_%d" % (b, number))
-                os.makedirs(work)
-                shutil.copyfile(previous, os.path.join(work, "EchoServ_win.c"))
-                applied = subprocess.run([git, "apply", step], cwd=work, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, timeout=30)
-                if applied.returncode != 0:
-                    raise Fail("%s does not apply to step %d: %s" % (
-                        os.path.relpath(step, REPO), number - 1,
-                        applied.stdout.decode("utf-8", "replace").strip()))
-                current = os.path.join(work, "EchoServ_win.c")
+            for number in range(1, len(steps) + 1):  # each intermediate, made as make steps does
+                current = os.path.join(folder, "steps", b, str(number), "EchoServ_win.c")
+                try:
+                    variants.build_variant("steps", b, str(number), current)
+                except variants.VariantError as err:
+                    raise Fail(str(err))
                 plus, minus = changed(previous, current)
                 measured[(a[:2], b[:2], str(number))] = (
                     plus + minus, plus, minus,
                     sum(changed(header(previous, folder), header(current, folder))))
                 previous = current
-            with open(previous, "rb") as f1, open(fb, "rb") as f2:
-                if f1.read() != f2.read():
-                    raise Fail("%s/steps/ applied in order do not give %s/EchoServ_win.c"
-                               % (b, b))
     def stated(readme, pattern):
         """{(from, to): figures}; a pair stated twice is itself out of date."""
         with open(os.path.join(REPO, readme), encoding="utf-8") as f:
