@@ -4,7 +4,7 @@ standard library only; built on harness.py).
 
     python3 tests/experiments.py STAGE NAME          measure the variant, then the stage; a table
     python3 tests/experiments.py                     list every experiment (exit 1)
-    make -f Makefile.win experiment STAGE=04_completion_routine NAME=notes_sleepex_loop
+    make -f Makefile.win experiment STAGE=04_completion_routine NAME=book_sleepex_loop
 
 Each experiment is one entry of EXPERIMENTS below: the stage, the variant's name, its one-line
 purpose, its line budget (how many lines its NN_name/experiments/NAME.diff may change: the lesson's
@@ -513,7 +513,7 @@ EXPERIMENTS = [
         lambda f: f["within_1s"] < f["newcomers"],
         "a newcomer waits more than 1 s for its first echo (or gets none)"),
     Experiment(
-        "04_completion_routine", "notes_sleepex_loop",
+        "04_completion_routine", "book_sleepex_loop",
         "the notes' SleepEx(100, TRUE) + accept loop on one thread: under load new clients starve",
         41, measure_sleepex_loop,
         [("idle server: new clients' first echo, median", lambda f: fmt_ms(f["idle_median"])),
