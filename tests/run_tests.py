@@ -78,8 +78,8 @@ workflow_lint (actionlint on .github/workflows/, skipped when actionlint is not 
 msvc_flags_match (every README's `cl` one-liner warns as CMakeLists.txt has MSVC warn),
 readme_diff_table (README.md and README.ko.md state the current adjacent diff sizes, and each
 step's: NN_name/steps/*.diff applied in order with git apply give the stage byte for byte),
-readme_twins (each README.md and its README.ko.md at parity: headings, code blocks, links, tables,
-code names and numbers),
+readme_twins (each README.md and its README.ko.md at parity, the root's too: headings, code blocks,
+links, tables, code names and numbers; the root README.ko.md's own sections, ROOT_KO_EXTRAS, aside),
 name_map_current (every code name in README.ko.md's map from the notes' names still exists),
 client_count (harness.ClientCount waits for every cycle of a churn, not a momentary balance),
 bench_smoke (bench/run --smoke: echo_bench built natively and run for 1 s against the last stage)
@@ -721,11 +721,11 @@ def test_shared_functions(stages):
 
 
 def test_readme_diff_table(stages):
-    """The adjacent diff sizes that README.md's table and README.ko.md's sentence state are the
+    """The adjacent diff sizes that README.md's and README.ko.md's tables state are the
     current ones: `diff a b`'s changed lines (+ and -), and of them the header comment's (the same
     count over each file's opening comment, down to its first " */" line). A stage with
     NN_name/steps/*.diff (steps_compose checks that they give the stage): README.md's "NN → NN
-    step N" rows and README.ko.md's "steps/N-name.diff) N줄" state each step's size. A change to a stage must update them; the
+    step N" rows and README.ko.md's "NN → NN N단계" rows state each step's size. A change to a stage must update them; the
     failure gives the figures to write."""
     diff = shutil.which("diff")
     if diff is None:
@@ -784,7 +784,7 @@ def test_readme_diff_table(stages):
         return {(m[0], m[1]): tuple(int(x) for x in m[2:]) for m in found}
 
     english = stated("README.md", r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|")
-    korean = stated("README.ko.md", r"(\d\d)→(\d\d)\s+(\d+)\((\d+)\)")
+    korean = stated("README.ko.md", r"\| (\d\d) → (\d\d) \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|")
     wrong = []
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         english_steps = {m[:3]: tuple(int(x) for x in m[3:]) for m in re.findall(
@@ -795,24 +795,22 @@ def test_readme_diff_table(stages):
         if english_steps.get(key) != (total, plus, minus, head):
             wrong.append("README.md %s → %s step %s: %s, now | %d (+%d −%d) | %d |" % (
                 key + (english_steps.get(key), total, plus, minus, head)))
-    korean_found = {}
     with open(os.path.join(REPO, "README.ko.md"), encoding="utf-8") as f:
-        for stage_number, number, total in re.findall(
-                r"\((\d\d)_\w+/steps/(\d+)-[\w-]+\.diff\) (\d+)줄", f.read()):
-            korean_found[(stage_number, number)] = int(total)
-    for key, figures in sorted(measured.items()):
-        if len(key) == 3 and korean_found.get(key[1:]) != figures[0]:
-            wrong.append("README.ko.md %s→%s %s단계: %s, now %d줄" % (
-                key + (korean_found.get(key[1:]), figures[0])))
+        korean_steps = {m[:3]: tuple(int(x) for x in m[3:]) for m in re.findall(
+            r"\| (\d\d) → (\d\d) (\d+)단계 \| (\d+) \(\+(\d+) −(\d+)\) \| (\d+) \|", f.read())}
+    for key, (total, plus, minus, head) in sorted(measured.items()):
+        if len(key) == 3 and korean_steps.get(key) != (total, plus, minus, head):
+            wrong.append("README.ko.md %s → %s %s단계: %s, now | %d (+%d −%d) | %d |" % (
+                key + (korean_steps.get(key), total, plus, minus, head)))
     measured_steps = {key: m for key, m in measured.items() if len(key) == 3}
     measured = {key: m for key, m in measured.items() if len(key) == 2}
     for pair, (total, plus, minus, head) in sorted(measured.items()):
         if english.get(pair) != (total, plus, minus, head):
             wrong.append("README.md %s → %s: %s, now | %d (+%d −%d) | %d |" % (
                 pair + (english.get(pair), total, plus, minus, head)))
-        if korean.get(pair) != (total, head):
-            wrong.append("README.ko.md %s→%s: %s, now %d(%d)" % (pair + (korean.get(pair),
-                                                                      total, head)))
+        if korean.get(pair) != (total, plus, minus, head):
+            wrong.append("README.ko.md %s → %s: %s, now | %d (+%d −%d) | %d |" % (
+                pair + (korean.get(pair), total, plus, minus, head)))
     if wrong:
         raise Fail("the diff sizes the READMEs state are out of date: " + "; ".join(wrong))
     return ", ".join(["%s→%s %d (%d)" % (pair + (m[0], m[3])) for pair, m in sorted(measured.items())]
@@ -820,50 +818,85 @@ def test_readme_diff_table(stages):
                         for key, m in sorted(measured_steps.items())])
 
 
+# The sections only the root README.ko.md has, by heading: the root Korean README is also the
+# Korean reader's map to the notes, so it keeps what concerns the notes and has no English
+# counterpart: the glossary (the books' terms beside the API's), the map from the notes' names to
+# this repository's, the pros and cons of overlapped I/O that the notes only point to (배현직 3.7),
+# and the notes' topics left out of scope. Each is dropped, with its subsections, before the root
+# pair is compared; everything else must be at parity as the folders' pairs are.
+ROOT_KO_EXTRAS = ("중첩 입출력의 장단점", "용어집", "노트의 이름 → 이 저장소의 이름", "다루지 않는 것")
+
+
 def test_readme_twins(stages):
-    """Every stage, the appendix and bench have a Korean README.ko.md beside README.md, at
-    parity: each links the other in its first line; the same headings at the same levels, the same
-    code blocks byte for byte, the same links (a link to X.ko.md counts as one to X.md), the same
-    tables (rows and columns); and every code name (in backticks) and every number of the English
-    stands in the Korean too. A change to one README must reach its twin."""
-    def parts(path):
+    """The root, every stage, the appendix and bench have a Korean README.ko.md beside README.md,
+    at parity: each links the other in its first line; the same headings at the same levels, the
+    same code blocks byte for byte, the same links (a link to X.ko.md counts as one to X.md, and a
+    link to a README without its anchor), the same tables (rows and columns); and every code name (in backticks) and every number of the
+    English stands in the Korean too. The root README.ko.md may have the sections ROOT_KO_EXTRAS
+    names besides (they are left out of the comparison). A change to one README must reach its
+    twin."""
+    def without(text, extras):
+        """text without the sections whose heading starts with one of extras (and their
+        subsections: down to the next heading of the same level or higher)."""
+        kept, skip = [], None
+        fence = False
+        for line in text.splitlines(True):
+            if line.lstrip().startswith("```"):
+                fence = not fence
+            heading = None if fence else re.match(r"(#+) (.*)", line)
+            if heading and skip is not None and len(heading.group(1)) <= skip:
+                skip = None
+            if heading and skip is None and heading.group(2).startswith(extras):
+                skip = len(heading.group(1))
+            if skip is None:
+                kept.append(line)
+        return "".join(kept)
+
+    def parts(path, extras=()):
         with open(path, encoding="utf-8") as f:
             text = f.read()
+        if extras:
+            text = without(text, extras)
         blocks = re.findall(r"^ *```.*?^ *```", text, re.S | re.M)
         prose = re.sub(r"^ *```.*?^ *```", "", text, flags=re.S | re.M)
         return {
             "first": text.split("\n", 1)[0],
             "headings": [len(h) for h in re.findall(r"^(#+) ", prose, re.M)],
             "blocks": blocks,
-            "links": sorted({link.replace(".ko.md", ".md")
+            # a twin's heading, and so its anchor, is in its own language: a link to a README
+            # counts without its anchor
+            "links": sorted({re.sub(r"(README\.md)#.*", r"\1", link.replace(".ko.md", ".md"))
                              for link in re.findall(r"\]\(([^)]*)\)", text)}),
             "tables": [line.count("|") for line in prose.splitlines()
                        if line.lstrip().startswith("|")],
             "names": {" ".join(name.split()) for name in re.findall(r"`([^`]+)`", prose)},
             "numbers": {n.replace(",", "") for n in re.findall(r"\d+(?:[.,]\d+)*", prose)},
         }
-    folders = [stage.name for stage in stages] + ["bench"]
+    folders = ["."] + [stage.name for stage in stages] + ["bench"]
     wrong = []
     for folder in folders:
         english, korean = (os.path.join(REPO, folder, name) for name in ("README.md", "README.ko.md"))
+        label = "the root" if folder == "." else folder
         if not os.path.isfile(korean):
-            wrong.append("%s has no README.ko.md" % folder)
+            wrong.append("%s has no README.ko.md" % label)
             continue
-        en, ko = parts(english), parts(korean)
+        en, ko = parts(english), parts(korean, ROOT_KO_EXTRAS if folder == "." else ())
         if "](README.ko.md)" not in en["first"] or "](README.md)" not in ko["first"]:
-            wrong.append("%s: the first lines do not link each other" % folder)
+            wrong.append("%s: the first lines do not link each other" % label)
         for key in ("headings", "blocks", "links", "tables"):
             if en[key] != ko[key]:
                 only = (sorted(set(map(str, en[key])) ^ set(map(str, ko[key])))[:4]
                         if key in ("links", "blocks") else (en[key], ko[key]))
-                wrong.append("%s: the %s differ %s" % (folder, key, str(only)[:200]))
+                wrong.append("%s: the %s differ %s" % (label, key, str(only)[:200]))
         for key in ("names", "numbers"):
             missing = sorted(en[key] - ko[key])
             if missing:
-                wrong.append("%s: README.ko.md lacks %s %s" % (folder, key, missing[:6]))
+                wrong.append("%s: README.ko.md lacks %s %s" % (label, key, missing[:6]))
     if wrong:
         raise Fail("; ".join(wrong))
-    return "%d pairs at parity: %s" % (len(folders), ", ".join(folders))
+    return "%d pairs at parity: %s (the root's Korean extras: %s)" % (
+        len(folders), ", ".join("root" if f == "." else f for f in folders),
+        ", ".join(ROOT_KO_EXTRAS))
 
 
 def test_name_map_current():
