@@ -33,7 +33,7 @@
  *     still write into its OVERLAPPED and buffer.
  *   - the limit: MAX_CLIENTS = 1,000 clients at once; the pool has room beyond it (SPARE_SESSIONS),
  *     so with 1,000 clients connected the spare sessions still accept, and client 1,001 is accepted
- *     and closed at once with a log line.
+ *     and closed at once with a log line (a flood of them: one line a second, with a count).
  *   - all four outcomes of GetQueuedCompletionStatus are told apart: a completed I/O; a failed I/O
  *     (FALSE with an OVERLAPPED: close that client); a failed wait (FALSE without one: the key
  *     means nothing); the stop's sentinel. No client's failure ever ends a worker.
@@ -94,7 +94,8 @@
 #define MAX_WORKERS MAXIMUM_WAIT_OBJECTS /* 64: the stop joins them all with one wait */
 #define ACCEPT_TRIES 8    /* AcceptEx fails at once for each reset connection it meets: retry */
 #define ACCEPT_RETRY_MS 100 /* a session whose AcceptEx could not be posted tries again after this */
-#define REPORT_EVERY_MS 1000 /* failed AcceptEx calls: at most one line a second, with a count */
+#define REPORT_EVERY_MS 1000 /* failed AcceptEx calls, and clients over the limit: at most one
+                                line a second each, with a count */
 #define STOP_REPORT_MS 1000 /* the stop names the sessions it still waits for, once a second */
 
 enum { IO_ACCEPT, IO_RECV, IO_SEND, IO_DISCONNECT };
@@ -118,6 +119,13 @@ typedef struct {
     const char *call;            /* NULL: nothing failed */
     int error;
 } FAILURE;
+
+/* A line about clients over the limit, taken under the server's lock and written after it. */
+typedef struct {
+    char peer[64];               /* the last client closed over the limit */
+    LONG64 count;                /* closed since the last such line, this one included */
+    LONG64 total;                /* closed over the limit since the start */
+} REFUSAL_LINE;
 
 /* One client, from a pool made once: it waits in an AcceptEx, serves a client, accepts again. */
 typedef struct SESSION {
@@ -145,7 +153,7 @@ typedef struct SOCKET_POOL {
     int numFresh;               /* the bottom numFresh never served a client (made by Init) */
     HANDLE hComPort;            /* where a new socket is associated, once */
     volatile LONG64 numCreated; /* 64-bit, as the Shutdown line's counts */
-    LONG64 numReuses;
+    volatile LONG64 numReuses;  /* reused sockets whose AcceptEx was posted (TryAcceptEx) */
 } SOCKET_POOL;
 
 /* What the workers and the main thread share. */
@@ -160,7 +168,7 @@ typedef struct SERVER {
     SOCKET_POOL pool;
     CRITICAL_SECTION lock;      /* guards stopping, the AcceptEx and disconnect posts, the flags
                                    connected and disconnecting, the counts, the retry list and
-                                   the failure report */
+                                   the failure and refusal reports */
     BOOL stopping;
     SESSION *retryHead;         /* sessions whose AcceptEx could not be posted: retried later */
     HANDLE hRetryEvent;         /* auto-reset: set when the retry list stops being empty */
@@ -168,6 +176,10 @@ typedef struct SERVER {
                                    time every session accepted */
     LONG64 reportedFailures;    /* how many of them the last report line had counted */
     ULONGLONG lastReport;       /* GetTickCount64() of the last report line */
+    LONG64 refusals;            /* clients closed over the limit, since the start */
+    LONG64 reportedRefusals;    /* how many of them the refusal lines have counted */
+    ULONGLONG lastRefusalLine;  /* GetTickCount64() of the last refusal line */
+    char lastRefused[64];       /* the last one's address: a line written later names it */
     SESSION *sessions;          /* the pool: POOL_SIZE sessions */
     LONG numSessions;           /* sessions in use, accepting or serving: 0 once all have stopped */
     LONG numClients;            /* sessions serving a client: MAX_CLIENTS at most */
@@ -317,16 +329,18 @@ static void SocketPoolInit(SOCKET_POOL *pool, int poolSize, HANDLE hComPort)
 }
 
 /* The notes' Alloc: a free socket, or a new one when none is left. A socket that Free put back
- * (above the fresh ones on the stack) is a reuse: no WSASocket, no association. */
-static SOCKET SocketPoolAlloc(SOCKET_POOL *pool, const char **failedCall)
+ * (above the fresh ones on the stack) is a reuse: no WSASocket, no association. *reused says so;
+ * the caller counts the reuse only once the socket accepts again (TryAcceptEx). */
+static SOCKET SocketPoolAlloc(SOCKET_POOL *pool, BOOL *reused, const char **failedCall)
 {
     SOCKET hSock = INVALID_SOCKET;
 
+    *reused = FALSE;
     AcquireSRWLockExclusive(&pool->lock);
     if (pool->count > 0) {
         hSock = pool->sockets[--pool->count];
         if (pool->count >= pool->numFresh)
-            pool->numReuses++;
+            *reused = TRUE;
         else
             pool->numFresh--;
     }
@@ -747,20 +761,25 @@ static int TryAcceptEx(SESSION *session, const char **failedCall)
     SERVER *server = session->server;
     PER_IO_DATA *ioData = &session->ioData;
     DWORD bytes = 0;
-    int err;
+    BOOL reused;
+    int err = 0;
 
-    session->hClntSock = SocketPoolAlloc(&server->pool, failedCall);
+    session->hClntSock = SocketPoolAlloc(&server->pool, &reused, failedCall);
     if (session->hClntSock == INVALID_SOCKET)
         return WSAGetLastError();
     ResetOverlapped(ioData);
     ioData->rwMode = IO_ACCEPT;
     InterlockedIncrement(&session->ioCount);
-    if (server->pfnAcceptEx(server->hServSock, session->hClntSock, ioData->buf, 0,
-                            ADDR_SLOT, ADDR_SLOT, &bytes, &ioData->overlapped))
+    if (!server->pfnAcceptEx(server->hServSock, session->hClntSock, ioData->buf, 0,
+                             ADDR_SLOT, ADDR_SLOT, &bytes, &ioData->overlapped))
+        err = WSAGetLastError();
+    if (err == 0 || err == ERROR_IO_PENDING) {
+        /* A reuse counts once the socket accepts again: one whose AcceptEx fails at once is
+           closed below, and was no reuse. (Wine 8 reuses no socket, so only Windows shows it.) */
+        if (reused)
+            InterlockedIncrement64(&server->pool.numReuses);
         return 0;
-    err = WSAGetLastError();
-    if (err == ERROR_IO_PENDING)
-        return 0;
+    }
     *failedCall = "AcceptEx()";
     InterlockedDecrement(&session->ioCount);
     closesocket(session->hClntSock);
@@ -855,6 +874,51 @@ static void OnAcceptFailed(SERVER *server, DWORD err)
         ReportAcceptFailure("AcceptEx()", (int)err, count, TRUE);
 }
 
+/* Whether a refusal line is due, as for failed accepts (CountAcceptFailure): the first client
+ * over the limit at once, then at most one line a second, counting those held back; `now` (the
+ * stop) does not wait. A line for each would let a flood of clients fill the log, and block every
+ * worker on a log nobody reads. The caller holds the server's lock. */
+static BOOL TakeRefusalLine(SERVER *server, BOOL now, REFUSAL_LINE *line)
+{
+    ULONGLONG tick = GetTickCount64();
+
+    if (server->refusals == server->reportedRefusals)
+        return FALSE; /* every one is counted in a line already */
+    if (!now && server->reportedRefusals != 0 && tick - server->lastRefusalLine < REPORT_EVERY_MS)
+        return FALSE;
+    memcpy(line->peer, server->lastRefused, sizeof(line->peer));
+    line->count = server->refusals - server->reportedRefusals;
+    line->total = server->refusals;
+    server->reportedRefusals = server->refusals;
+    server->lastRefusalLine = tick;
+    return TRUE;
+}
+
+/* The refusal line, outside the lock: the client, as in 01-05; after clients held back, also how
+ * many more since the last line. Each client over the limit is counted in exactly one line. */
+static void ReportRefusal(const REFUSAL_LINE *line)
+{
+    if (line->count == 1)
+        LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, line->peer);
+    else
+        LogLine("Too many clients (%d): closed %s and %lld more since the last line (%lld in all)",
+                MAX_CLIENTS, line->peer, (long long)(line->count - 1), (long long)line->total);
+}
+
+/* Writes the refusal line that a flood held back, once it is due (or now, at the stop): the
+ * main thread calls it once a second, so the count of a flood that has ended is not lost. */
+static void ReportHeldRefusals(SERVER *server, BOOL now)
+{
+    REFUSAL_LINE line = {{0}, 0, 0};
+    BOOL due;
+
+    EnterCriticalSection(&server->lock);
+    due = TakeRefusalLine(server, now, &line);
+    LeaveCriticalSection(&server->lock);
+    if (due)
+        ReportRefusal(&line);
+}
+
 /* An AcceptEx is over: the session serves the new client, or closes it at once when the server
  * is full (or stopping). Either way, once its I/O count falls to 0 it accepts again. */
 static BOOL OnAcceptCompleted(SESSION *session)
@@ -864,7 +928,8 @@ static BOOL OnAcceptCompleted(SESSION *session)
     int localLen = 0, remoteLen = 0;
     SOCKADDR_IN clntAdr;
     FAILURE failure = {NULL, 0};
-    BOOL full, ok;
+    REFUSAL_LINE line = {{0}, 0, 0};
+    BOOL full, ok, report = FALSE;
 
     /* The accepted socket takes the listening socket's properties only now: Windows wants this
        before getpeername, getsockname, getsockopt or setsockopt on it (Wine does not check). */
@@ -889,11 +954,15 @@ static BOOL OnAcceptCompleted(SESSION *session)
     if (ok) {
         server->numClients++;
         session->connected = TRUE;
+    } else if (full) { /* counted now; its line may wait (TakeRefusalLine) */
+        server->refusals++;
+        memcpy(server->lastRefused, session->peer, sizeof(server->lastRefused));
+        report = TakeRefusalLine(server, FALSE, &line);
     }
     LeaveCriticalSection(&server->lock);
     if (!ok) {
-        if (full)
-            LogLine("Too many clients (%d): closed %s", MAX_CLIENTS, session->peer);
+        if (report)
+            ReportRefusal(&line);
         InterlockedIncrement64(&server->numClosed);
         return FALSE; /* no post: CloseSession closes it and accepts again */
     }
@@ -1091,6 +1160,7 @@ static void StopServer(SERVER *server)
         ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
     for (i = 0; i < server->numWorkers; i++)
         CloseHandle(server->hWorkers[i]);
+    ReportHeldRefusals(server, TRUE); /* no worker is left to refuse one: the count is final */
     SocketPoolClose(&server->pool); /* every session has closed its socket or given it back */
     closesocket(server->hServSock);
     for (i = 0; i < POOL_SIZE; i++)
@@ -1134,7 +1204,8 @@ static void RetryAccepts(SERVER *server)
 
 /* The main thread waits for Ctrl+C, and meanwhile it is the retry timer: when a session goes on
  * the empty retry list, hRetryEvent wakes it; it waits ACCEPT_RETRY_MS (a shortage does not pass
- * in a microsecond: retrying at once would only spin), then posts the list again. The simplest
+ * in a microsecond: retrying at once would only spin), then posts the list again. It also wakes
+ * once a second for the refusal line a flood held back (ReportHeldRefusals). The simplest
  * design that is correct: the thread exists and is idle anyway; the stop, on this same thread,
  * never meets a retry half done; and no timer or extra packet on the port has to be cancelled
  * and drained at the stop. */
@@ -1146,17 +1217,21 @@ static void WaitForStop(SERVER *server)
     events[0] = g_hStopEvent;
     events[1] = server->hRetryEvent;
     for (;;) {
-        which = WaitForMultipleObjects(2, events, FALSE, INFINITE);
+        /* Not INFINITE: once a second it writes the refusal line a flood held back. */
+        which = WaitForMultipleObjects(2, events, FALSE, REPORT_EVERY_MS);
         if (which == WAIT_OBJECT_0)
             return;
-        if (which != WAIT_OBJECT_0 + 1)
+        if (which == WAIT_OBJECT_0 + 1) {
+            which = WaitForSingleObject(g_hStopEvent, ACCEPT_RETRY_MS); /* the back-off */
+            if (which == WAIT_OBJECT_0)
+                return;
+            if (which != WAIT_TIMEOUT)
+                ErrorHandlingCode("WaitForSingleObject()", GetLastError());
+            RetryAccepts(server);
+        } else if (which != WAIT_TIMEOUT) {
             ErrorHandlingCode("WaitForMultipleObjects()", GetLastError());
-        which = WaitForSingleObject(g_hStopEvent, ACCEPT_RETRY_MS); /* the back-off */
-        if (which == WAIT_OBJECT_0)
-            return;
-        if (which != WAIT_TIMEOUT)
-            ErrorHandlingCode("WaitForSingleObject()", GetLastError());
-        RetryAccepts(server);
+        }
+        ReportHeldRefusals(server, FALSE);
     }
 }
 

@@ -613,6 +613,21 @@ class EchoLoad(threading.Thread):
 
 
 # -- waiting for a server to be idle ----------------------------------------------------------
+REFUSAL_LINE = re.compile(r"^Too many clients \(\d+\): closed \S+"
+                          r"(?: and (\d+) more since the last line \((\d+) in all\))?$")
+
+
+def refused_in_line(text):
+    """How many clients over the limit a stdout line counts: 0 (another line); 1 for
+    `Too many clients (<limit>): closed <ip:port>` (every stage); 1 + N for 06's and 07's line
+    after a flood, written at most once a second, `Too many clients (<limit>): closed <ip:port>
+    and N more since the last line (<T> in all)`. Each refused client is in exactly one line."""
+    match = REFUSAL_LINE.match(text)
+    if match is None:
+        return 0
+    return 1 + int(match.group(1) or 0)
+
+
 class ClientCount:
     """Follows a Server's `Connected client` and `Closed client` lines as they come.
     wait_until_settled() returns once every client logged as connected has been logged as closed,
@@ -621,7 +636,8 @@ class ClientCount:
     accepted the rest of a run's connections, as many are logged closed as connected. So the
     caller says how many connections it made (made(n) after each run, from the client's own
     count), and the balance counts only once at least that many have been logged. A client over
-    the limit is logged once, `Too many clients`: opened and closed at once."""
+    the limit is opened and closed at once, counted from its `Too many clients` line (06 and 07
+    count a flood of them in one line a second: refused_in_line)."""
 
     def __init__(self, server):
         self.server, self.seen, self.opened, self.closed = server, 0, 0, 0
@@ -645,8 +661,9 @@ class ClientCount:
                     elif stream == "stdout" and text.startswith("Closed client"):
                         self.closed += 1
                     elif stream == "stdout" and text.startswith("Too many clients"):
-                        self.opened += 1
-                        self.closed += 1
+                        refused = refused_in_line(text)
+                        self.opened += refused
+                        self.closed += refused
                 self.seen = len(server.lines)
                 settled = self.opened == self.closed and self.opened >= self.expected
                 remaining = deadline - time.monotonic()

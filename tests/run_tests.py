@@ -32,6 +32,8 @@ each stage promises):
   backlog            (01) a second client waits in the backlog until the first leaves
   concurrent         `limit` clients connected at once, each echoed, twice
   over_limit         client limit+1 is closed at once, with a log line; the others go on
+  over_limit_flood   (06, 07) 200 more at once: each closed, one refusal line a second at most,
+                     their counts add up to 200 exactly (harness.refused_in_line)
   resets             clients reset in the backlog, mid-transfer, while pushing, after a
                      half-close with the echo backed up; a new client is still echoed and the
                      server still runs
@@ -109,8 +111,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ON_WINDOWS, STOP_LIMIT, CHILD_ENV, ClientCount, EchoLoad, Fail,  # noqa: E402
                      Server, Skip, Wineserver, command, connect, track_process,
                      describe_mismatch, echo_exact, exchange, expect_eof, kill_leftovers,
-                     pattern_bytes, push_without_reading, random_bytes, reset, run_program,
-                     stream_slice)
+                     pattern_bytes, push_without_reading, random_bytes, refused_in_line, reset,
+                     run_program, stream_slice)
 import experiments  # noqa: E402  (the lessons' broken variants: tests/experiments.py)
 import variants  # noqa: E402  (experiments and steps as diffs, applied with git apply)
 
@@ -628,7 +630,8 @@ SAME_FUNCTIONS = {
                         "ReleaseSession NoteStopFailure",
     ("06", "07"): "OpenListenSocket ReportFailure EndSession PostRecv PostSend SendMsg "
                   "OnSendCompleted ParkSession IsResetBeforeAccept CountAcceptFailure "
-                  "ReportAcceptFailure PostAccept OnAcceptFailed LoadExtension CancelForStop "
+                  "ReportAcceptFailure PostAccept OnAcceptFailed TakeRefusalLine ReportRefusal "
+                  "ReportHeldRefusals LoadExtension CancelForStop "
                   "RetryAccepts WaitForStop main",
 }
 WHY_DIFFERENT = {  # (name, stage): why it differs from the previous stage's
@@ -1126,6 +1129,51 @@ def test_over_limit(t):
         for sock in clients:
             sock.close()
     return "client %d closed (%s) in %.2f s, log %r" % (limit + 1, how, closed.seconds, line)
+
+
+def test_over_limit_flood(t):
+    """(06, 07) With the server full, 200 more clients at once: each is closed at once, and the
+    refusal lines are rate-limited (one a second, with a count; a line each would let a flood fill
+    the log and block the workers on it) while counting every refused client exactly once."""
+    limit, flood = t.stage.limit, 200
+    srv = t.server()
+    clients = connect_clients(t, srv.port, limit, client_message)
+    extras = []
+    try:
+        mark = srv.mark()
+        started = time.monotonic()
+        for _ in range(flood):  # all connect before any is read: the server meets them at once
+            extras.append(connect(srv.port))
+        for i, sock in enumerate(extras):
+            expect_eof(sock, 10, "for client %d (over the limit), the server" % (limit + 1 + i))
+        elapsed = time.monotonic() - started
+        counted, lines = [0], []
+
+        def refusals(text):
+            refused = refused_in_line(text)
+            if refused:
+                counted[0] += refused
+                lines.append(text)
+            return counted[0] >= flood
+        # the line a flood held back comes from the main thread within 2 s
+        srv.wait_for(refusals, 10, after=mark)
+        if counted[0] != flood:
+            raise Fail("%d clients over the limit were closed; the refusal lines count %d (%d "
+                       "lines: %s)" % (flood, counted[0], len(lines), " | ".join(lines[-3:])))
+        allowed = 2 + int(2 * elapsed)  # the first at once, then one a second, then the held one
+        if len(lines) > allowed:
+            raise Fail("%d refusal lines for %d clients closed within %.1f s (at most %d): %s"
+                       % (len(lines), flood, elapsed, allowed, " | ".join(lines[:2])))
+        if len(lines) > 1 and not lines[-1].endswith("(%d in all)" % flood):
+            raise Fail("the last refusal line does not say %d in all: %s" % (flood, lines[-1]))
+        t.log("%d refused in %.1f s: %s" % (flood, elapsed, " | ".join(lines)))
+        for i, sock in enumerate(clients):
+            echo_exact(sock, client_message(i, 2), 10, "client %d, after the flood" % (i + 1))
+        srv.check_alive()
+    finally:
+        for sock in clients + extras:
+            sock.close()
+    return "%d refused in %.1f s, %d lines: %s" % (flood, elapsed, len(lines), lines[-1])
 
 
 def test_resets(t):
@@ -2094,6 +2142,7 @@ TESTS = [
      lambda s: "serves one client at a time by design (see backlog)" if s.limit is None
      else True),
     ("over_limit", test_over_limit, lambda s: "no over-limit rule" if s.limit is None else True),
+    ("over_limit_flood", test_over_limit_flood, lambda s: s.pooled_sessions > 0),
     ("resets", test_resets, lambda s: True),
     ("slow_reader", test_slow_reader, one_at_a_time),
     ("under_load", test_under_load, one_at_a_time),
