@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -52,6 +53,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -77,6 +79,7 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
         return FALSE;
     EndAtSecondCtrlC();
     LogLineWithin(500, "Stopping");
+    TraceWrite(); /* with --trace: every record, to its file */
     EndProcessNow();
     return TRUE; /* not reached */
 }
@@ -150,8 +153,10 @@ static void EchoClient(SOCKET hClntSock)
             ReportError("recv()", WSAGetLastError()); /* e.g. 10054: the client reset */
             return;
         }
+        Trace(TRACE_RECV, hClntSock, (unsigned long)strLen);
         if (!SendAll(hClntSock, buf, strLen))
             return;
+        Trace(TRACE_SENT, hClntSock, (unsigned long)strLen);
     }
 }
 
@@ -175,11 +180,13 @@ NO_RETURN static void ServeClients(SOCKET hServSock)
             continue;
         }
         FormatAddress(&clntAdr, peer, sizeof(peer));
+        Trace(TRACE_ACCEPTED, hClntSock, 0);
         LogLine("Connected client %s", peer);
 
         EchoClient(hClntSock);
 
         closesocket(hClntSock);
+        Trace(TRACE_CLOSED, hClntSock, 0);
         LogLine("Closed client %s", peer);
     }
 }

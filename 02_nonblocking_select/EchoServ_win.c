@@ -15,7 +15,7 @@
  *
  * What the book / notes do, and what we do instead:
  * The notes show ioctlsocket(FIONBIO) and warn that non-blocking calls can take the CPU to 100%:
- * here select() sleeps until a socket is ready (experiments/busy_poll.c polls without it).
+ * here select() sleeps until a socket is ready (experiments/busy_poll.diff polls without it).
  * The part the famous samples skip is the short send below.
  *
  * Handled here:
@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -71,6 +72,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -96,6 +98,7 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
         return FALSE;
     EndAtSecondCtrlC();
     LogLineWithin(500, "Stopping");
+    TraceWrite(); /* with --trace: every record, to its file */
     EndProcessNow();
     return TRUE; /* not reached */
 }
@@ -161,6 +164,7 @@ static BOOL SendPending(SESSION *session)
             return FALSE;
         }
         session->sendPos += sent;
+        Trace(TRACE_SENT, session->hClntSock, (unsigned long)sent);
     }
     return TRUE;
 }
@@ -178,6 +182,7 @@ static BOOL OnReadable(SESSION *session)
         ReportError("recv()", err); /* e.g. 10054: the client reset */
         return FALSE;
     }
+    Trace(TRACE_RECV, session->hClntSock, (unsigned long)strLen);
     session->sendPos = 0;
     session->sendLen = strLen;
     return SendPending(session);
@@ -186,6 +191,7 @@ static BOOL OnReadable(SESSION *session)
 static void CloseSession(SESSION *session)
 {
     closesocket(session->hClntSock);
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -229,6 +235,7 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
     session->hClntSock = hClntSock;
     FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
     sessions[(*numSessions)++] = session;
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
 }
 

@@ -53,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -81,6 +82,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -106,6 +108,7 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
         return FALSE;
     EndAtSecondCtrlC();
     LogLineWithin(500, "Stopping");
+    TraceWrite(); /* with --trace: every record, to its file */
     EndProcessNow();
     return TRUE; /* not reached */
 }
@@ -220,6 +223,7 @@ static BOOL PostSend(SESSION *session)
  * receive only when everything before was echoed, so nothing is left to send). */
 static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_RECV, session->hClntSock, bytes);
     if (bytes == 0)
         return FALSE;
     session->ioData.sendPos = 0;
@@ -230,6 +234,7 @@ static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 /* A send is over: a short send posts the rest; only when all is echoed, receive again. */
 static BOOL OnSendCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_SENT, session->hClntSock, bytes);
     session->ioData.sendPos += bytes;
     if (session->ioData.sendPos < session->ioData.sendLen)
         return PostSend(session);
@@ -255,6 +260,7 @@ static void CloseSession(SESSION *session)
 {
     closesocket(session->hClntSock);
     WSACloseEvent(session->ioData.overlapped.hEvent);
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -313,6 +319,7 @@ static void AcceptClient(SOCKET hServSock, SESSION *sessions[], int *numSessions
     }
     session->hClntSock = hClntSock;
     FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     if (!PostRecv(session)) {
         CloseSession(session);

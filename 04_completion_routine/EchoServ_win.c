@@ -58,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -87,6 +88,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -112,6 +114,7 @@ static BOOL WINAPI CtrlHandler(DWORD ctrlType)
         return FALSE;
     EndAtSecondCtrlC();
     LogLineWithin(500, "Stopping");
+    TraceWrite(); /* with --trace: every record, to its file */
     EndProcessNow();
     return TRUE; /* not reached */
 }
@@ -217,6 +220,7 @@ static BOOL PostSend(SESSION *session)
  * receive only when everything before was echoed, so nothing is left to send). */
 static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_RECV, session->hClntSock, bytes);
     if (bytes == 0)
         return FALSE;
     session->ioData.sendPos = 0;
@@ -227,6 +231,7 @@ static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 /* A send is over: a short send posts the rest; only when all is echoed, receive again. */
 static BOOL OnSendCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_SENT, session->hClntSock, bytes);
     session->ioData.sendPos += bytes;
     if (session->ioData.sendPos < session->ioData.sendLen)
         return PostSend(session);
@@ -238,6 +243,7 @@ static void CloseSession(SESSION *session)
 {
     closesocket(session->hClntSock);
     InterlockedDecrement(session->numSessions); /* before the log line: the slot is free now */
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -319,6 +325,7 @@ static void AcceptClient(SOCKET hServSock, HANDLE hIoThread, volatile LONG *numS
     session->numSessions = numSessions;
     FormatAddress(&clntAdr, session->peer, sizeof(session->peer));
     InterlockedIncrement(numSessions); /* only this thread raises it: the check above holds */
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     /* Completion routines run only on the thread that posted the I/O, so the I/O thread must post
        it: queue StartSession to it, to run in its alertable sleep. */
@@ -332,6 +339,7 @@ static void AcceptClient(SOCKET hServSock, HANDLE hIoThread, volatile LONG *numS
  * (StartSession) and the completion routines of the I/O it posted, one after the other. */
 static DWORD WINAPI IoThreadMain(LPVOID param)
 {
+    TraceThread("I/O");
     (void)param;
     while (SleepEx(INFINITE, TRUE) == WAIT_IO_COMPLETION) {
         /* it returns only after running the queued APCs: sleep again */

@@ -64,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -122,6 +123,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -252,6 +254,7 @@ static BOOL PostSend(SESSION *session)
  * receive only when everything before was echoed, so nothing is left to send). */
 static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_RECV, session->hClntSock, bytes);
     if (bytes == 0)
         return FALSE;
     session->ioData.sendPos = 0;
@@ -262,6 +265,7 @@ static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 /* A send is over: a short send posts the rest; only when all is echoed, receive again. */
 static BOOL OnSendCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_SENT, session->hClntSock, bytes);
     InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
     session->ioData.sendPos += bytes;
     if (session->ioData.sendPos < session->ioData.sendLen)
@@ -287,6 +291,7 @@ static void CloseSession(SESSION *session)
 
     closesocket(session->hClntSock);
     InterlockedIncrement64(&server->numClosed);
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -315,6 +320,7 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
 {
     HANDLE hComPort = (HANDLE)param;
 
+    TraceThread("worker");
     for (;;) {
         DWORD bytes = 0;
         ULONG_PTR key = 0;
@@ -408,6 +414,7 @@ static void AcceptClient(SOCKET hServSock, SERVER *server, BOOL *paused)
     if (server->numSessions++ == 0)
         ResetEvent(server->hNoSessions);
     LeaveCriticalSection(&server->lock);
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     /* From now on every completion of this socket is queued to the port, the session as its key
        (a ULONG_PTR: a pointer fits, on x64 too). Then the first receive. */
@@ -609,6 +616,7 @@ static void ServeClients(SOCKET hServSock)
     closesocket(hServSock); /* only this thread used it */
     WSACloseEvent(hAcceptEvent);
     StopServer(&server);
+    TraceWrite(); /* with --trace: every record, to its file, before the last line */
     LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
             (long long)server.numAccepted, (long long)server.numClosed,
             (long long)server.bytesEchoed);

@@ -77,6 +77,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define MAX_CLIENTS 1000 /* served at once; the pool's memory is all allocated at start, and each
@@ -184,6 +185,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -385,6 +387,7 @@ static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
  * half-closed): what is queued is still sent, then the count falls to 0 and the session closes. */
 static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_RECV, session->hClntSock, bytes);
     if (bytes == 0)
         return FALSE;
     return SendMsg(session, session->ioData.buf, bytes);
@@ -397,6 +400,7 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
     FAILURE failure = {NULL, 0};
     BOOL ok = TRUE;
 
+    Trace(TRACE_SENT, session->hClntSock, bytes);
     InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
     EnterCriticalSection(&session->lock);
     msg->sendPos += bytes;
@@ -454,6 +458,7 @@ static void CloseSession(SESSION *session)
     session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
     if (wasConnected) {
         InterlockedIncrement64(&server->numClosed);
+        Trace(TRACE_CLOSED, session->hClntSock, 0);
         LogLine("Closed client %s", session->peer);
     }
     PostAccept(session); /* after every use, failed accepts included: else the pool shrinks */
@@ -483,6 +488,7 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
 {
     HANDLE hComPort = (HANDLE)param;
 
+    TraceThread("worker");
     for (;;) {
         DWORD bytes = 0;
         ULONG_PTR key = 0;
@@ -560,6 +566,7 @@ static int TryAcceptEx(SESSION *session, const char **failedCall)
     ResetOverlapped(ioData);
     ioData->rwMode = IO_ACCEPT;
     InterlockedIncrement(&session->ioCount);
+    Trace(TRACE_ACCEPT_POSTED, session->hClntSock, 0);
     if (server->pfnAcceptEx(server->hServSock, session->hClntSock, ioData->buf, 0,
                             ADDR_SLOT, ADDR_SLOT, &bytes, &ioData->overlapped))
         return 0;
@@ -752,6 +759,7 @@ static BOOL OnAcceptCompleted(SESSION *session)
         InterlockedIncrement64(&server->numClosed);
         return FALSE; /* no post: CloseSession closes it and accepts again */
     }
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     /* From now on every completion of this socket is queued to the port. The key is not used:
        the session comes from the OVERLAPPED, as for the AcceptEx. Then the first receive. */
@@ -1035,6 +1043,7 @@ static void ServeClients(SOCKET hServSock)
         WaitForStop(&server);
     CloseHandle(g_hStopEvent);
     StopServer(&server);
+    TraceWrite(); /* with --trace: every record, to its file, before the last line */
     LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
             (long long)server.numAccepted, (long long)server.numClosed,
             (long long)server.bytesEchoed);

@@ -83,6 +83,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../common/ErrorHandling.h"
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define MAX_CLIENTS 1000 /* served at once; the pool's memory is all allocated at start, and each
@@ -206,6 +207,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -506,6 +508,7 @@ static BOOL SendMsg(SESSION *session, const char *data, DWORD len)
  * its socket disconnected for reuse: the client closed first. */
 static BOOL OnRecvCompleted(SESSION *session, DWORD bytes)
 {
+    Trace(TRACE_RECV, session->hClntSock, bytes);
     if (bytes == 0) {
         session->clientClosed = TRUE;
         return FALSE;
@@ -520,6 +523,7 @@ static BOOL OnSendCompleted(SESSION *session, PER_IO_DATA *msg, DWORD bytes)
     FAILURE failure = {NULL, 0};
     BOOL ok = TRUE;
 
+    Trace(TRACE_SENT, session->hClntSock, bytes);
     InterlockedExchangeAdd64(&session->server->bytesEchoed, bytes);
     EnterCriticalSection(&session->lock);
     msg->sendPos += bytes;
@@ -596,6 +600,7 @@ static void OnDisconnectCompleted(SESSION *session)
     int len = sizeof(seconds);
     BOOL notConnected;
 
+    Trace(TRACE_DISCONNECTED, session->hClntSock, 0);
     EnterCriticalSection(&server->lock); /* not disconnecting first: the stop no longer cancels */
     session->disconnecting = FALSE;
     LeaveCriticalSection(&server->lock);
@@ -646,6 +651,7 @@ static void CloseSession(SESSION *session)
     session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
     if (wasConnected) {
         InterlockedIncrement64(&server->numClosed);
+        Trace(TRACE_CLOSED, session->hClntSock, 0);
         LogLine("Closed client %s", session->peer);
     }
     /* Reuse only what the client closed first: then TIME_WAIT stays on the client's side and the
@@ -688,6 +694,7 @@ static DWORD WINAPI WorkerThreadMain(LPVOID param)
 {
     HANDLE hComPort = (HANDLE)param;
 
+    TraceThread("worker");
     for (;;) {
         DWORD bytes = 0;
         ULONG_PTR key = 0;
@@ -770,6 +777,7 @@ static int TryAcceptEx(SESSION *session, const char **failedCall)
     ResetOverlapped(ioData);
     ioData->rwMode = IO_ACCEPT;
     InterlockedIncrement(&session->ioCount);
+    Trace(TRACE_ACCEPT_POSTED, session->hClntSock, 0);
     if (!server->pfnAcceptEx(server->hServSock, session->hClntSock, ioData->buf, 0,
                              ADDR_SLOT, ADDR_SLOT, &bytes, &ioData->overlapped))
         err = WSAGetLastError();
@@ -966,6 +974,7 @@ static BOOL OnAcceptCompleted(SESSION *session)
         InterlockedIncrement64(&server->numClosed);
         return FALSE; /* no post: CloseSession closes it and accepts again */
     }
+    Trace(TRACE_ACCEPTED, session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     /* No CreateIoCompletionPort here: the socket has been on the port since the pool made it
        (a reused one would fail with 87 and keep its first key). Then the first receive. */
@@ -1261,6 +1270,7 @@ static void ServeClients(SOCKET hServSock)
     StopServer(&server);
     LogLine("Socket pool: %lld sockets created, %lld reuses", (long long)server.pool.numCreated,
             (long long)server.pool.numReuses);
+    TraceWrite(); /* with --trace: every record, to its file, before the last line */
     LogLine("Shutdown: %lld accepted, %lld closed, %lld bytes echoed",
             (long long)server.numAccepted, (long long)server.numClosed,
             (long long)server.bytesEchoed);

@@ -53,6 +53,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "../common/Trace.h" /* --trace FILE: the recorder behind the pictures, off unless asked */
 
 #define BUF_SIZE 8192
 #define ACCEPT_BACKOFF_MS 100 /* no accept() for this long after a failure that would repeat */
@@ -175,6 +176,7 @@ static unsigned short ParsePort(int argc, char *argv[])
     char *end = NULL;
     long port = -1;
 
+    argc = TraceOption(argc, argv); /* `<port> --trace FILE` (common/Trace.h): takes it off */
     if (argc == 2)
         port = strtol(argv[1], &end, 10);
     if (argc != 2 || end == argv[1] || *end != '\0' || port < 0 || port > 65535) {
@@ -365,6 +367,7 @@ static SESSION_STATE SendPending(SERVER *server, SESSION *session)
             return SESSION_CLOSE;
         }
         session->sendPos += (int)sent;
+        Trace(TRACE_SENT, (unsigned long long)session->hClntSock, (unsigned long)sent);
         server->bytesEchoed += sent;
     }
     return SESSION_MORE;
@@ -399,6 +402,7 @@ static SESSION_STATE ServeSession(SERVER *server, SESSION *session)
             ReportError("recv()", errno); /* e.g. ECONNRESET: the client reset */
             return SESSION_CLOSE;
         }
+        Trace(TRACE_RECV, (unsigned long long)session->hClntSock, (unsigned long)strLen);
         session->sendPos = 0;
         session->sendLen = (int)strLen;
         if (strLen < BUF_SIZE && !session->peerClosed) {
@@ -424,6 +428,7 @@ static void CloseSession(SERVER *server, SESSION *session)
 
     close(session->hClntSock);
     server->numClosed++;
+    Trace(TRACE_CLOSED, (unsigned long long)session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }
@@ -484,6 +489,7 @@ static bool AcceptClient(SERVER *server)
         server->sessions->prev = session;
     server->sessions = session;
     server->numSessions++;
+    Trace(TRACE_ACCEPTED, (unsigned long long)session->hClntSock, 0);
     LogLine("Connected client %s", session->peer);
     /* Bytes that came before this are not lost: registering reports what is ready already. */
     if (!WatchEdges(server, hClntSock, session)) {
@@ -646,6 +652,7 @@ int main(int argc, char *argv[])
     StartServer(&server, hServSock, hSignal, hCtrlC);
     ServeClients(&server);
     StopServer(&server);
+    TraceWrite(); /* with --trace: every record, to its file, before the last line */
     LogLine("Shutdown: %ld accepted, %ld closed, %lld bytes echoed",
             server.numAccepted, server.numClosed, server.bytesEchoed);
     return 0;

@@ -114,6 +114,7 @@ from harness import (ON_WINDOWS, STOP_LIMIT, CHILD_ENV, ClientCount, EchoLoad, F
                      pattern_bytes, push_without_reading, random_bytes, refused_in_line, reset,
                      run_program, stream_slice)
 import experiments  # noqa: E402  (the lessons' broken variants: tests/experiments.py)
+import thread_trace  # noqa: E402  (the pictures: which thread handles each I/O)
 import variants  # noqa: E402  (experiments and steps as diffs, applied with git apply)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -2012,6 +2013,44 @@ CLIENT_TESTS = [
 
 
 # ============================================================================ the stages
+def traced_run(exe, one_at_a_time):
+    """The picture's run (tests/thread_trace.py) of one server: (trace, clients, log lines)."""
+    folder = tempfile.mkdtemp(prefix="trace-")
+    try:
+        path = os.path.join(folder, "trace.txt")
+        clients, lines = thread_trace.run_traced(
+            exe, path, lambda port: thread_trace.drive(port, one_at_a_time))
+        return thread_trace.Trace(path), clients, lines
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_trace_shape(t):
+    """The stage's picture keeps its lesson: its server run with --trace under the picture's
+    workload has the shape its model must have (thread_trace.check_shape: which threads run the
+    accepts and completions), and the recorder lost no event (counted against the workload, and
+    in 05-07 against the Shutdown line)."""
+    trace, clients, lines = traced_run(t.server_exe, t.stage.limit is None)
+    problems = thread_trace.check_shape(t.stage.name, trace, clients, lines)
+    if problems:
+        raise Fail("; ".join(problems))
+    return "%d events on %d threads, none lost" % (len(trace.events),
+                                                   len({e[1] for e in trace.events}))
+
+
+def test_trace_shape_catches(t):
+    """The shape test can fail: 04's book_sleepex_loop runs the completion routines on the main
+    thread (the book's one-thread loop), and 04's shape must say so."""
+    exe_dir = os.path.dirname(os.path.dirname(t.server_exe))
+    exe = os.path.join(experiments.variants_dir(exe_dir), "experiments", t.stage.name,
+                       "book_sleepex_loop", SERVER_EXE)
+    trace, clients, lines = traced_run(exe, False)
+    problems = thread_trace.check_shape(t.stage.name, trace, clients, lines)
+    if not any("I/O thread" in p for p in problems):
+        raise Fail("the shape of book_sleepex_loop passed as 04's: %s" % (problems or "no problem"))
+    return "book_sleepex_loop fails it: " + "; ".join(problems)
+
+
 def test_experiment(exp):
     """One lesson's experiment in its short form: the variant past the README's threshold, the
     stage not (a "bug" that stops failing fails this test). Measured at most twice: these are
@@ -2160,6 +2199,9 @@ TESTS = [
     ("closed_stdout", test_closed_stdout, lambda s: True),
     ("ctrl_c_twice", test_ctrl_c_twice, lambda s: True),
     ("ctrl_c_full_backlog", test_ctrl_c_full_backlog, lambda s: s.graceful),
+    ("trace_shape", test_trace_shape, lambda s: True),
+    ("trace_shape_catches", test_trace_shape_catches,
+     lambda s: s.name == "04_completion_routine"),
 ] + [("experiment_" + exp.name, test_experiment(exp), lambda s, exp=exp: s.name == exp.stage)
      for exp in experiments.EXPERIMENTS]
 
