@@ -3,8 +3,9 @@
     python3 tests/demo.py 01_blocking          (or: make -f Makefile.win demo STAGE=01_blocking)
 
 At a terminal you type the lines yourself (Q quits; Ctrl+C stops the demo too); with no terminal a
-few sample lines are sent. The server's own log lines are shown prefixed with "server| ". On Linux
-both programs run in Wine.
+few sample lines are sent (input piped in is not passed on). The server's own log lines are shown
+prefixed with "server| ". On Linux both programs run in Wine. Ended by SIGTERM (kill, timeout) or
+SIGHUP (the terminal closed), it stops the server as after Ctrl+C.
 """
 import os
 import signal
@@ -13,6 +14,17 @@ import sys
 import threading
 
 SAMPLE_INPUT = b"Hello, echo server!\nTCP is a byte stream.\nQ\n"
+# The signals that end the demo as Ctrl+C does (SIGHUP: not on Windows).
+END_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
+class Ended(SystemExit):
+    """Raised by a SIGTERM or SIGHUP: the server is stopped on the way out (a SystemExit, so that
+    uncaught it ends the demo quietly, with 128 + the signal's number)."""
+
+
+def ended(signum, _frame):
+    raise Ended(128 + signum)
 
 
 def launcher():
@@ -42,7 +54,12 @@ def start_server(stage):
 
     server.log_thread = threading.Thread(target=show_log, daemon=True)
     server.log_thread.start()
-    if not listening.wait(60) or not port:
+    try:
+        started = listening.wait(60) and port
+    except BaseException:  # Ctrl+C or SIGTERM while Wine starts: the server is not left running
+        server.kill()
+        raise
+    if not started:
         server.kill()
         sys.exit("The server did not start listening (see its output above).")
     return server, port[0]
@@ -50,11 +67,11 @@ def start_server(stage):
 
 def stop_server(server):
     """Ctrl+C, as a user would press it; Ctrl+Break on Windows (a child in its own group). A Ctrl+C
-    pressed meanwhile is passed on to the server (a second one ends it at once)."""
+    (or a SIGTERM or SIGHUP) meanwhile is passed on to the server (a second one ends it at once)."""
     def interrupt(*_):
         server.send_signal(signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT)
 
-    previous = signal.signal(signal.SIGINT, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in [signal.SIGINT] + END_SIGNALS}
     try:
         interrupt()
         server.wait(10)
@@ -62,7 +79,8 @@ def stop_server(server):
         server.kill()
         server.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     server.log_thread.join(5)  # every line the server printed, its last one included
 
 
@@ -79,18 +97,27 @@ def main():
         if not os.path.isfile(os.path.join(stage, program)):
             sys.exit("%s is not built: make -f Makefile.win %s" % (os.path.join(name, program), name))
     os.environ.setdefault("WINEDEBUG", "-all")
+    for sig in END_SIGNALS:
+        signal.signal(sig, ended)
     server, port = start_server(stage)
     client = launcher() + [os.path.join(stage, "StableEchoClnt_win.exe"), "127.0.0.1", str(port)]
     try:
         if sys.stdin.isatty():
             code = subprocess.call(client)
         else:
-            print("(no terminal to type at: the demo sends its own sample lines)", flush=True)
+            print("(no terminal to type at: the demo sends its own sample lines; piped input is not "
+                  "passed on)", flush=True)
             code = subprocess.run(client, input=SAMPLE_INPUT).returncode
         print("\nclient exited with code %d; stopping the server with Ctrl+C" % code, flush=True)
     except KeyboardInterrupt:  # Ctrl+C at the terminal: it has ended the client as well
         code = 0
         print("\nCtrl+C: stopping the server", flush=True)
+    except Ended as end:  # SIGTERM or SIGHUP: subprocess has killed the client
+        code = end.code
+        try:
+            print("\nSignal %d: stopping the server" % (code - 128), flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
     finally:
         stop_server(server)
     sys.exit(code)
