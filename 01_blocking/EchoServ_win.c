@@ -185,8 +185,8 @@ NO_RETURN static void ServeClients(SOCKET hServSock)
 
         EchoClient(hClntSock);
 
-        closesocket(hClntSock);
         Trace(TRACE_CLOSED, hClntSock, 0);
+        closesocket(hClntSock);
         LogLine("Closed client %s", peer);
     }
 }

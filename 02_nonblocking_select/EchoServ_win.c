@@ -190,8 +190,8 @@ static BOOL OnReadable(SESSION *session)
 
 static void CloseSession(SESSION *session)
 {
-    closesocket(session->hClntSock);
     Trace(TRACE_CLOSED, session->hClntSock, 0);
+    closesocket(session->hClntSock);
     LogLine("Closed client %s", session->peer);
     free(session);
 }

@@ -258,9 +258,9 @@ static BOOL OnIoCompleted(SESSION *session)
 /* Called only when no I/O is pending, so nothing writes into the session after free(). */
 static void CloseSession(SESSION *session)
 {
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     closesocket(session->hClntSock);
     WSACloseEvent(session->ioData.overlapped.hEvent);
-    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }

@@ -241,9 +241,9 @@ static BOOL OnSendCompleted(SESSION *session, DWORD bytes)
 /* Called only when no I/O is pending, so nothing writes into the session after free(). */
 static void CloseSession(SESSION *session)
 {
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     closesocket(session->hClntSock);
     InterlockedDecrement(session->numSessions); /* before the log line: the slot is free now */
-    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }

@@ -289,9 +289,9 @@ static void CloseSession(SESSION *session)
         SetEvent(server->hNoSessions); /* only a wake-up: the stop reads numSessions itself */
     LeaveCriticalSection(&server->lock);
 
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     closesocket(session->hClntSock);
     InterlockedIncrement64(&server->numClosed);
-    Trace(TRACE_CLOSED, session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }

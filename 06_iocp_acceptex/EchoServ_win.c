@@ -446,6 +446,7 @@ static void CloseSession(SESSION *session)
     }
     LeaveCriticalSection(&server->lock);
 
+    Trace(TRACE_CLOSED, session->hClntSock, 0);
     closesocket(session->hClntSock);
     while (session->sendHead != NULL) { /* left by a failed send */
         PER_IO_DATA *msg = session->sendHead;
@@ -458,7 +459,6 @@ static void CloseSession(SESSION *session)
     session->closing = FALSE; /* the next client's: no I/O is pending, nobody else looks */
     if (wasConnected) {
         InterlockedIncrement64(&server->numClosed);
-        Trace(TRACE_CLOSED, session->hClntSock, 0);
         LogLine("Closed client %s", session->peer);
     }
     PostAccept(session); /* after every use, failed accepts included: else the pool shrinks */

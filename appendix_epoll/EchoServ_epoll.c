@@ -426,9 +426,9 @@ static void CloseSession(SERVER *server, SESSION *session)
         session->next->prev = session->prev;
     server->numSessions--;
 
+    Trace(TRACE_CLOSED, (unsigned long long)session->hClntSock, 0);
     close(session->hClntSock);
     server->numClosed++;
-    Trace(TRACE_CLOSED, (unsigned long long)session->hClntSock, 0);
     LogLine("Closed client %s", session->peer);
     free(session);
 }

@@ -16,9 +16,13 @@
  * start-up, so the recorder never makes one thread wait for another (which would change the
  * picture it draws). Nothing is written to the file before the stop.
  *
+ * An accept is recorded as posted just before the AcceptEx call (its completion could otherwise be
+ * recorded first); a post that fails at once leaves that mark with no accept after it.
+ *
  * The recorder is the one global a parameter could carry and does not: threading it through every
  * function of every stage would change the stages' signatures for a tool that is off by default.
- * Header-only, like ErrorHandling.h; it also builds on Linux, for appendix_epoll.
+ * Header-only, like ErrorHandling.h; it also builds on Linux, for appendix_epoll (which defines
+ * _GNU_SOURCE before its first #include: clock_gettime, syscall and ftruncate need it).
  */
 #ifndef TRACE_H
 #define TRACE_H
@@ -79,9 +83,16 @@ static inline void TracePublish(volatile long *event, long value)
     InterlockedExchange(event, value); /* a full barrier: the record's fields are written first */
 }
 
+static inline long TraceLoadEvent(volatile long *event)
+{
+    return InterlockedCompareExchange(event, 0, 0); /* a full barrier: then the fields are whole */
+}
+
+/* Opened, not emptied: a usage error found after this (a bad port) leaves an old file as it was.
+ * TraceWriteFile cuts it to what it writes. */
 static inline TRACE_FILE TraceCreateFile(const char *path)
 {
-    HANDLE hFile = CreateFileA(path, GENERIC_WRITE, 0, NULL, CREATE_ALWAYS,
+    HANDLE hFile = CreateFileA(path, GENERIC_WRITE, 0, NULL, OPEN_ALWAYS,
                                FILE_ATTRIBUTE_NORMAL, NULL);
     if (hFile == INVALID_HANDLE_VALUE)
         ErrorHandlingCode("CreateFile(--trace FILE)", GetLastError());
@@ -91,7 +102,8 @@ static inline TRACE_FILE TraceCreateFile(const char *path)
 static inline int TraceWriteFile(TRACE_FILE hFile, const char *text, size_t size)
 {
     DWORD written = 0;
-    return WriteFile(hFile, text, (DWORD)size, &written, NULL) && written == (DWORD)size;
+    return WriteFile(hFile, text, (DWORD)size, &written, NULL) && written == (DWORD)size &&
+           SetEndOfFile(hFile);
 }
 
 static inline void TraceCloseFile(TRACE_FILE hFile)
@@ -134,9 +146,14 @@ static inline void TracePublish(volatile long *event, long value)
     __atomic_store_n(event, value, __ATOMIC_RELEASE);
 }
 
+static inline long TraceLoadEvent(volatile long *event)
+{
+    return __atomic_load_n(event, __ATOMIC_ACQUIRE);
+}
+
 static inline TRACE_FILE TraceCreateFile(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "open(--trace %s) failed: %s\n", path, strerror(errno));
         exit(1);
@@ -146,7 +163,7 @@ static inline TRACE_FILE TraceCreateFile(const char *path)
 
 static inline int TraceWriteFile(TRACE_FILE fd, const char *text, size_t size)
 {
-    return write(fd, text, size) == (ssize_t)size;
+    return ftruncate(fd, 0) == 0 && write(fd, text, size) == (ssize_t)size;
 }
 
 static inline void TraceCloseFile(TRACE_FILE fd)
@@ -169,18 +186,22 @@ typedef struct {
 } TRACE_THREAD;
 
 /* 256 Ki records (8 MiB), allocated only when asked for: `make trace`'s workload needs a few
- * thousand. A record that finds the array full is counted, and the file says how many. */
+ * thousand. A record that finds the array full is counted (up to TRACE_MAX_DROPPED: a counter
+ * must not wrap on a long run), and the file says how many were lost. */
 #define TRACE_CAPACITY (256 * 1024)
 #define TRACE_MAX_THREADS 64
+#define TRACE_MAX_DROPPED 1000000000L
 
 static struct {
     int on; /* set once, before any other thread starts: the one branch when off */
     TRACE_FILE file;
     long long startTicks;
     TRACE_RECORD *records;
-    volatile long nextRecord;
     TRACE_THREAD threads[TRACE_MAX_THREADS];
     volatile long nextThread;
+    char apart[64]; /* nextRecord, written by every record, on a cache line away from `on` */
+    volatile long nextRecord;
+    volatile long dropped;
 } g_trace;
 
 /* Names the calling thread in the picture ("main" is named by TraceOption). */
@@ -206,9 +227,16 @@ static inline void Trace(TRACE_EVENT event, unsigned long long sock, unsigned lo
 
     if (!g_trace.on)
         return;
+    if (g_trace.nextRecord >= TRACE_CAPACITY) { /* full: no slot taken, so no index can wrap */
+        if (g_trace.dropped < TRACE_MAX_DROPPED)
+            TraceTakeSlot(&g_trace.dropped);
+        return;
+    }
     slot = TraceTakeSlot(&g_trace.nextRecord);
-    if (slot >= TRACE_CAPACITY)
-        return; /* counted at the stop: nextRecord - TRACE_CAPACITY */
+    if (slot >= TRACE_CAPACITY) { /* filled by another thread meanwhile */
+        TraceTakeSlot(&g_trace.dropped);
+        return;
+    }
     record = &g_trace.records[slot];
     record->ticks = TraceNow();
     record->threadId = TraceThreadId();
@@ -224,14 +252,17 @@ static inline int TraceOption(int argc, char *argv[])
     if (argc < 3 || strcmp(argv[2], "--trace") != 0)
         return argc;
     if (argc != 4) {
-        fprintf(stderr, "Usage: %s <port> [--trace FILE]\n", argv[0]);
+        fprintf(stderr, "Usage: %s <port> [--trace FILE]   (0 to 65535; 0 picks a free port)\n",
+                argv[0]);
         exit(1);
     }
-    g_trace.records = (TRACE_RECORD *)calloc(TRACE_CAPACITY, sizeof(TRACE_RECORD));
+    g_trace.records = (TRACE_RECORD *)malloc(TRACE_CAPACITY * sizeof(TRACE_RECORD));
     if (g_trace.records == NULL) {
         fprintf(stderr, "--trace: out of memory\n");
         exit(1);
     }
+    /* Every page touched now, not by the first records: a page fault is a wait too. */
+    memset(g_trace.records, 0, TRACE_CAPACITY * sizeof(TRACE_RECORD));
     g_trace.file = TraceCreateFile(argv[3]); /* now, so that a bad path fails at start-up */
     g_trace.startTicks = TraceNow();
     g_trace.on = 1;
@@ -248,7 +279,9 @@ static inline void TraceAdvance(size_t *used, size_t size, int written)
 
 /* At the stop, from one thread, once the others record no more: writes every record, in the
  * order the slots were taken (for one thread, that is time order), then closes the file. A
- * record not whole yet (only if a thread still runs) is left out, and counted as lost. */
+ * record not whole yet (only if a thread still runs: 01-04 write from their Ctrl+C handler) is
+ * left out, and counted as lost. Silent: in a Ctrl+C handler nothing may block on stderr, and a
+ * file cut short has no last line, which tests/thread_trace.py reports. */
 static inline void TraceWrite(void)
 {
     long taken, count, i, unfinished = 0;
@@ -264,7 +297,7 @@ static inline void TraceWrite(void)
     size = 128 + (size_t)TRACE_MAX_THREADS * 64 + (size_t)count * 80;
     buffer = (char *)malloc(size);
     if (buffer == NULL) {
-        fprintf(stderr, "--trace: out of memory\n");
+        TraceCloseFile(g_trace.file);
         return;
     }
     TraceAdvance(&used, size, snprintf(buffer + used, size - used,
@@ -273,20 +306,22 @@ static inline void TraceWrite(void)
         TraceAdvance(&used, size, snprintf(buffer + used, size - used, "thread %lu %s\n",
                                            g_trace.threads[i].threadId, g_trace.threads[i].role));
     for (i = 0; i < count; i++) {
-        const TRACE_RECORD *r = &g_trace.records[i];
-        long long us = (r->ticks - g_trace.startTicks) * 1000000 / perSecond;
-        if (r->event <= TRACE_NONE || r->event > TRACE_DISCONNECTED) {
+        TRACE_RECORD *r = &g_trace.records[i];
+        long event = TraceLoadEvent(&r->event); /* first: then the fields are the record's */
+        long long ticks = r->ticks - g_trace.startTicks;
+        /* in two parts, so that no product overflows on a long run */
+        long long us = ticks / perSecond * 1000000 + ticks % perSecond * 1000000 / perSecond;
+        if (event <= TRACE_NONE || event > TRACE_DISCONNECTED) {
             unfinished++;
             continue;
         }
         TraceAdvance(&used, size, snprintf(buffer + used, size - used, "%lld %lu %s %llu %lu\n",
-                                           us, r->threadId, traceEventNames[r->event], r->sock,
+                                           us, r->threadId, traceEventNames[event], r->sock,
                                            r->bytes));
     }
     TraceAdvance(&used, size, snprintf(buffer + used, size - used, "records %ld lost %ld\n",
-                                       count - unfinished, taken - count + unfinished));
-    if (!TraceWriteFile(g_trace.file, buffer, used))
-        fprintf(stderr, "--trace: writing the file failed\n");
+                                       count - unfinished, unfinished + g_trace.dropped));
+    TraceWriteFile(g_trace.file, buffer, used); /* a failure shows as a file cut short */
     TraceCloseFile(g_trace.file);
     free(buffer);
 }
