@@ -58,6 +58,9 @@ each stage promises):
                      ends it within 2 s (05-07, appendix: exit 0; the appendix died of SIGPIPE)
   stalled_stderr     (06) stderr full and unread while a session's accept fails: 20 clients
                      are still echoed (the failing thread holds no lock while it writes)
+  trace_shape        the stage run with --trace under the picture's workload
+                     (tests/thread_trace.py): the threads its model must use, no record lost
+  trace_shape_catches  (04) the same check fails on book_sleepex_loop (one thread)
   experiment_NAME    each lesson's broken variant (NN_name/experiments/NAME.diff, built under
                      build/experiments/; tests/experiments.py) in a short form: the variant past
                      its README's threshold, the stage not
