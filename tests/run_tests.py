@@ -837,8 +837,9 @@ ROOT_KO_EXTRAS = ("중첩 입출력의 장단점", "용어집", "노트의 이�
 def test_readme_twins(stages):
     """The root, every stage, the appendix and bench have a Korean README.ko.md beside README.md,
     at parity: each links the other in its first line; the same headings at the same levels, the
-    same code blocks byte for byte, the same links (a link to X.ko.md counts as one to X.md, and a
-    link to a README without its anchor), the same tables (rows and columns); and every code name (in backticks) and every number of the
+    same code blocks byte for byte, the same links (a link to X.ko.md counts as one to X.md, so a
+    Korean twin links the Korean page where its English links the English one, e.g.
+    ../bench/README.ko.md for ../bench/README.md; and a link to a README without its anchor), the same tables (rows and columns); and every code name (in backticks) and every number of the
     English stands in the Korean too. The root README.ko.md may have the sections ROOT_KO_EXTRAS
     names besides (they are left out of the comparison). A change to one README must reach its
     twin."""
