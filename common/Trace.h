@@ -102,8 +102,9 @@ static inline TRACE_FILE TraceCreateFile(const char *path)
 static inline int TraceWriteFile(TRACE_FILE hFile, const char *text, size_t size)
 {
     DWORD written = 0;
-    return WriteFile(hFile, text, (DWORD)size, &written, NULL) && written == (DWORD)size &&
-           SetEndOfFile(hFile);
+    BOOL ok = WriteFile(hFile, text, (DWORD)size, &written, NULL) && written == (DWORD)size;
+    SetEndOfFile(hFile); /* cut at what was written: nothing of an older file stays after it */
+    return ok;
 }
 
 static inline void TraceCloseFile(TRACE_FILE hFile)
@@ -163,7 +164,8 @@ static inline TRACE_FILE TraceCreateFile(const char *path)
 
 static inline int TraceWriteFile(TRACE_FILE fd, const char *text, size_t size)
 {
-    return ftruncate(fd, 0) == 0 && write(fd, text, size) == (ssize_t)size;
+    /* EINVAL: a pipe or a terminal, which has nothing to cut */
+    return (ftruncate(fd, 0) == 0 || errno == EINVAL) && write(fd, text, size) == (ssize_t)size;
 }
 
 static inline void TraceCloseFile(TRACE_FILE fd)
@@ -185,7 +187,7 @@ typedef struct {
     const char *role;
 } TRACE_THREAD;
 
-/* 256 Ki records (8 MiB), allocated only when asked for: `make trace`'s workload needs a few
+/* 256 Ki records (8 MiB on Windows, 10 on Linux), allocated only when asked for: `make trace`'s workload needs a few
  * thousand. A record that finds the array full is counted (up to TRACE_MAX_DROPPED: a counter
  * must not wrap on a long run), and the file says how many were lost. */
 #define TRACE_CAPACITY (256 * 1024)
@@ -199,7 +201,7 @@ static struct {
     TRACE_RECORD *records;
     TRACE_THREAD threads[TRACE_MAX_THREADS];
     volatile long nextThread;
-    char apart[64]; /* nextRecord, written by every record, on a cache line away from `on` */
+    char apart[64]; /* nextRecord, written by every record, on a cache line of its own */
     volatile long nextRecord;
     volatile long dropped;
 } g_trace;
@@ -245,6 +247,15 @@ static inline void Trace(TRACE_EVENT event, unsigned long long sock, unsigned lo
     TracePublish(&record->event, (long)event);
 }
 
+/* Writes one byte of every page now, so that no record takes a page fault (a wait too). Through
+ * a volatile pointer: gcc and clang turn malloc + memset(0) into a calloc, which touches nothing. */
+static inline void TraceTouchPages(volatile char *bytes, size_t size)
+{
+    size_t at;
+    for (at = 0; at < size; at += 4096)
+        bytes[at] = 0;
+}
+
 /* In ParsePort, first: `<port> --trace FILE` turns the recorder on and leaves `<port>`, so the
  * stage's own check of its arguments is unchanged. `--trace` without a FILE is a usage error. */
 static inline int TraceOption(int argc, char *argv[])
@@ -256,13 +267,12 @@ static inline int TraceOption(int argc, char *argv[])
                 argv[0]);
         exit(1);
     }
-    g_trace.records = (TRACE_RECORD *)malloc(TRACE_CAPACITY * sizeof(TRACE_RECORD));
+    g_trace.records = (TRACE_RECORD *)calloc(TRACE_CAPACITY, sizeof(TRACE_RECORD));
     if (g_trace.records == NULL) {
         fprintf(stderr, "--trace: out of memory\n");
         exit(1);
     }
-    /* Every page touched now, not by the first records: a page fault is a wait too. */
-    memset(g_trace.records, 0, TRACE_CAPACITY * sizeof(TRACE_RECORD));
+    TraceTouchPages((volatile char *)g_trace.records, TRACE_CAPACITY * sizeof(TRACE_RECORD));
     g_trace.file = TraceCreateFile(argv[3]); /* now, so that a bad path fails at start-up */
     g_trace.startTicks = TraceNow();
     g_trace.on = 1;
@@ -297,6 +307,7 @@ static inline void TraceWrite(void)
     size = 128 + (size_t)TRACE_MAX_THREADS * 64 + (size_t)count * 80;
     buffer = (char *)malloc(size);
     if (buffer == NULL) {
+        TraceWriteFile(g_trace.file, "", 0); /* empty: no older trace passes for this one */
         TraceCloseFile(g_trace.file);
         return;
     }
@@ -308,13 +319,14 @@ static inline void TraceWrite(void)
     for (i = 0; i < count; i++) {
         TRACE_RECORD *r = &g_trace.records[i];
         long event = TraceLoadEvent(&r->event); /* first: then the fields are the record's */
-        long long ticks = r->ticks - g_trace.startTicks;
-        /* in two parts, so that no product overflows on a long run */
-        long long us = ticks / perSecond * 1000000 + ticks % perSecond * 1000000 / perSecond;
+        long long ticks, us;
         if (event <= TRACE_NONE || event > TRACE_DISCONNECTED) {
             unfinished++;
             continue;
         }
+        ticks = r->ticks - g_trace.startTicks;
+        /* in two parts, so that no product overflows on a long run */
+        us = ticks / perSecond * 1000000 + ticks % perSecond * 1000000 / perSecond;
         TraceAdvance(&used, size, snprintf(buffer + used, size - used, "%lld %lu %s %llu %lu\n",
                                            us, r->threadId, traceEventNames[event], r->sock,
                                            r->bytes));
