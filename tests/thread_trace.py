@@ -78,6 +78,15 @@ def stream_together(clients, size):
     return threads, errors
 
 
+def wait_for_streams(threads, errors, bound=120.0):
+    """Joins stream_together's threads (bounded); fails on the first stream that failed."""
+    deadline = time.monotonic() + bound
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if errors or any(t.is_alive() for t in threads):
+        raise Fail("stream: %s" % (errors[0] if errors else "not done within %.0f s" % bound))
+
+
 def drive(port, one_at_a_time, stream_bytes=STREAM_BYTES):
     """The workload above. Returns the clients' labels (in the order the server accepts them)
     and the bytes each sent (all of which came back)."""
@@ -102,10 +111,7 @@ def drive(port, one_at_a_time, stream_bytes=STREAM_BYTES):
         streams[-1].echo(LINE, "line")
     threads, errors = stream_together(streams, stream_bytes)
     idle.echo(LINE, "second line")  # while the streams run
-    for t in threads:
-        t.join(120)
-    if errors or any(t.is_alive() for t in threads):
-        raise Fail("stream: %s" % (errors[0] if errors else "not done within 120 s"))
+    wait_for_streams(threads, errors)
     for c in streams:
         c.close()
     late = Client("c4 late", port)
@@ -418,10 +424,7 @@ def paced_round_trips(port, rounds=200, pause=0.002):
 def many_streams(port, clients=16, size=256 * 1024):
     streams = [Client("c%d" % (i + 1), port) for i in range(clients)]
     threads, errors = stream_together(streams, size)
-    for t in threads:
-        t.join(120)
-    if errors or any(t.is_alive() for t in threads):
-        raise Fail("stream: %s" % (errors[0] if errors else "not done within 120 s"))
+    wait_for_streams(threads, errors)
     for c in streams:
         c.close()
     return [(c.label, c.bytes) for c in streams]
